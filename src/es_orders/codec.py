@@ -1,0 +1,317 @@
+"""The wire format: the only module that reads or writes event and order-state JSON.
+
+Typed events (DESIGN.md, "Event wire format") are validated strictly; records of the
+original Kotlin command service (``{"id", "userId", "productId", "amount", "price"}``)
+decode to a ``LegacyUpdate`` that ``upcast`` turns into typed events against the order's
+current state. Anything else raises ``CodecError``: the runtime sends that record, unchanged,
+to the dead letter topic.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from es_orders.domain import (
+    Event,
+    OrderCancelled,
+    OrderCreated,
+    OrderState,
+    OrderStatus,
+    PriceChanged,
+    ProductChanged,
+    QuantityChanged,
+)
+from es_orders.domain.events import MAX_INT, MIN_PRICE, MIN_QUANTITY
+from es_orders.errors import EsOrdersError
+
+SCHEMA_VERSION = 1
+# Ids of events derived from legacy records are stable across replays: uuid5 of order/version.
+LEGACY_EVENT_NAMESPACE = uuid.UUID("2f7d3f0e-5a8c-4d0e-9a51-6c1f0b3e8a77")
+
+
+class CodecError(EsOrdersError):
+    """A record that is not a valid event, or a state that is not valid order JSON."""
+
+
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_Text = Annotated[str, msgspec.Meta(max_length=4096)]
+_Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+_Quantity = Annotated[int, msgspec.Meta(ge=MIN_QUANTITY, le=MAX_INT)]
+_Price = Annotated[int, msgspec.Meta(ge=MIN_PRICE, le=MAX_INT)]
+_Instant = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class _CreatedData(msgspec.Struct):
+    user_id: _Id
+    product_id: _Id
+    quantity: _Quantity
+    price: _Price
+
+
+class _PriceData(msgspec.Struct):
+    price: _Price
+
+
+class _QuantityData(msgspec.Struct):
+    quantity: _Quantity
+
+
+class _ProductData(msgspec.Struct):
+    product_id: _Id
+
+
+class _CancelledData(msgspec.Struct):
+    reason: _Text
+
+
+class _Envelope(msgspec.Struct, tag_field="type"):
+    event_id: _Id
+    order_id: _Id
+    version: _Version
+    occurred_at: _Instant
+    schema_version: Literal[1]
+
+
+class _CreatedWire(_Envelope, tag="OrderCreated"):
+    data: _CreatedData
+
+
+class _PriceWire(_Envelope, tag="PriceChanged"):
+    data: _PriceData
+
+
+class _QuantityWire(_Envelope, tag="QuantityChanged"):
+    data: _QuantityData
+
+
+class _ProductWire(_Envelope, tag="ProductChanged"):
+    data: _ProductData
+
+
+class _CancelledWire(_Envelope, tag="OrderCancelled"):
+    data: _CancelledData
+
+
+_Wire = _CreatedWire | _PriceWire | _QuantityWire | _ProductWire | _CancelledWire
+
+
+class _LegacyWire(msgspec.Struct):
+    id: _Id
+    userId: _Id | None = None  # noqa: N815 - the legacy field name
+    productId: _Id | None = None  # noqa: N815 - the legacy field name
+    amount: _Quantity | None = None
+    price: _Price | None = None
+
+
+class _StateWire(msgspec.Struct):
+    id: _Id
+    user_id: str | None
+    product_id: str | None
+    quantity: int | None
+    price: int | None
+    status: OrderStatus
+    version: _Version
+    created_at: _Instant
+    updated_at: _Instant
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyUpdate:
+    """A partial update from the original Kotlin service; None means "not in this record"."""
+
+    order_id: str
+    user_id: str | None
+    product_id: str | None
+    quantity: int | None
+    price: int | None
+    occurred_at: datetime
+
+
+_wire_decoder = msgspec.json.Decoder(_Wire)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def format_instant(moment: datetime) -> str:
+    """RFC 3339 UTC with milliseconds and a ``Z``, as every timestamp on the wire."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _to_event(wire: _Wire) -> Event:
+    head = (wire.event_id, wire.order_id, wire.version, wire.occurred_at)
+    match wire:
+        case _CreatedWire(data=d):
+            return OrderCreated(*head, d.user_id, d.product_id, d.quantity, d.price)
+        case _PriceWire(data=d):
+            return PriceChanged(*head, d.price)
+        case _QuantityWire(data=d):
+            return QuantityChanged(*head, d.quantity)
+        case _ProductWire(data=d):
+            return ProductChanged(*head, d.product_id)
+        case _CancelledWire(data=d):
+            return OrderCancelled(*head, d.reason)
+    raise AssertionError(wire)  # pragma: no cover - the union above is exhaustive
+
+
+def _why_not(raw: object, typed_error: msgspec.ValidationError) -> CodecError:
+    """Explain a JSON value that is neither a typed event nor a legacy record."""
+    if not isinstance(raw, dict):
+        return CodecError(f"value is a JSON {type(raw).__name__}, not an object")
+    if "type" in raw:
+        return CodecError(f"invalid event: {typed_error}")
+    return CodecError("value is neither a typed event (no `type`) nor a legacy order (no `id`)")
+
+
+def decode_record(
+    key: bytes | None, value: bytes | None, timestamp_ms: int
+) -> Event | LegacyUpdate:
+    """Decode one record of the events topic, or raise ``CodecError`` saying why not."""
+    if value is None:
+        raise CodecError("record has no value")
+    try:
+        decoded: Event | LegacyUpdate = _to_event(_wire_decoder.decode(value))
+    except msgspec.ValidationError as typed_error:
+        decoded = _decode_legacy(value, timestamp_ms, typed_error)
+    except msgspec.DecodeError:
+        raise CodecError("value is not valid JSON") from None
+    if key is not None and key != decoded.order_id.encode():
+        raise CodecError(f"record key {key!r} does not match order id {decoded.order_id!r}")
+    return decoded
+
+
+def _decode_legacy(
+    value: bytes, timestamp_ms: int, typed_error: msgspec.ValidationError
+) -> LegacyUpdate:
+    try:
+        raw = _any_decoder.decode(value)
+    except msgspec.DecodeError:  # pragma: no cover - the typed decoder saw valid JSON
+        raise CodecError("value is not valid JSON") from None
+    if not isinstance(raw, dict) or "type" in raw or "id" not in raw:
+        raise _why_not(raw, typed_error)
+    try:
+        legacy = msgspec.convert(raw, _LegacyWire)
+    except msgspec.ValidationError as exc:
+        raise CodecError(f"invalid legacy order record: {exc}") from None
+    return LegacyUpdate(
+        order_id=legacy.id,
+        user_id=legacy.userId,
+        product_id=legacy.productId,
+        quantity=legacy.amount,
+        price=legacy.price,
+        occurred_at=datetime.fromtimestamp(timestamp_ms / 1000, UTC),
+    )
+
+
+def _legacy_event_id(order_id: str, version: int) -> str:
+    return str(uuid.uuid5(LEGACY_EVENT_NAMESPACE, f"{order_id}/{version}"))
+
+
+def upcast(update: LegacyUpdate, state: OrderState | None) -> tuple[Event, ...]:
+    """Typed events for a legacy partial update, versioned after ``state``.
+
+    The first record of an unknown order creates it (missing fields stay null); later
+    records become one change event per field that differs from the state.
+    """
+    oid, at = update.order_id, update.occurred_at
+    if state is None:
+        created = OrderCreated(
+            _legacy_event_id(oid, 1), oid, 1, at,
+            update.user_id, update.product_id, update.quantity, update.price,
+        )  # fmt: skip
+        return (created,)
+    events: list[Event] = []
+    version = state.version
+    if update.price is not None and update.price != state.price:
+        version += 1
+        events.append(PriceChanged(_legacy_event_id(oid, version), oid, version, at, update.price))
+    if update.quantity is not None and update.quantity != state.quantity:
+        version += 1
+        events.append(
+            QuantityChanged(_legacy_event_id(oid, version), oid, version, at, update.quantity)
+        )
+    if update.product_id is not None and update.product_id != state.product_id:
+        version += 1
+        events.append(
+            ProductChanged(_legacy_event_id(oid, version), oid, version, at, update.product_id)
+        )
+    return tuple(events)
+
+
+def _event_data(event: Event) -> tuple[str, dict[str, Any]]:
+    match event:
+        case OrderCreated():
+            data = {
+                "user_id": event.user_id,
+                "product_id": event.product_id,
+                "quantity": event.quantity,
+                "price": event.price,
+            }
+            return "OrderCreated", data
+        case PriceChanged():
+            return "PriceChanged", {"price": event.price}
+        case QuantityChanged():
+            return "QuantityChanged", {"quantity": event.quantity}
+        case ProductChanged():
+            return "ProductChanged", {"product_id": event.product_id}
+        case OrderCancelled():
+            return "OrderCancelled", {"reason": event.reason}
+    raise AssertionError(event)  # pragma: no cover - the union above is exhaustive
+
+
+def encode_event(event: Event) -> bytes:
+    """The JSON value of a typed event, as the command service appends it."""
+    event_type, data = _event_data(event)
+    return _encoder.encode(
+        {
+            "event_id": event.event_id,
+            "type": event_type,
+            "order_id": event.order_id,
+            "version": event.version,
+            "occurred_at": format_instant(event.occurred_at),
+            "schema_version": SCHEMA_VERSION,
+            "data": data,
+        }
+    )
+
+
+def state_to_dict(state: OrderState) -> dict[str, Any]:
+    """The order state as the query API and the changelog show it."""
+    return {
+        "id": state.id,
+        "user_id": state.user_id,
+        "product_id": state.product_id,
+        "quantity": state.quantity,
+        "price": state.price,
+        "status": state.status.value,
+        "version": state.version,
+        "created_at": format_instant(state.created_at),
+        "updated_at": format_instant(state.updated_at),
+    }
+
+
+def encode_state(state: OrderState) -> bytes:
+    return _encoder.encode(state_to_dict(state))
+
+
+def decode_state(value: bytes) -> OrderState:
+    """An order state from the changelog or the local store."""
+    try:
+        wire = msgspec.json.decode(value, type=_StateWire)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise CodecError(f"invalid order state: {exc}") from None
+    return OrderState(
+        id=wire.id,
+        user_id=wire.user_id,
+        product_id=wire.product_id,
+        quantity=wire.quantity,
+        price=wire.price,
+        status=wire.status,
+        version=wire.version,
+        created_at=wire.created_at,
+        updated_at=wire.updated_at,
+    )

@@ -1,0 +1,60 @@
+"""One frozen settings object, read from ``ES_ORDERS_*`` environment variables.
+
+CLI flags win over the environment: the CLI builds the object with
+``Settings(**overrides)``, and pydantic-settings gives init arguments precedence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of es-orders; see DESIGN.md, Configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ES_ORDERS_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "es-orders"
+    state_topic: str = "es-orders-state"
+    dlq_topic: str = "es-orders-dlq"
+    application_id: str = "hello-es-streams"
+    command_application_id: str = "es-orders-command"
+    partitions: int = Field(default=3, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=32)
+    state_dir: Path = Path(".es-orders/state")
+    query_port: int = Field(default=8887, ge=0, le=65535)
+    command_port: int = Field(default=8886, ge=0, le=65535)
+    simulator_rate: float = Field(default=1.0, ge=0.0, le=100_000.0)
+    host: str = "127.0.0.1"
+    api_token: str | None = None
+    # Extra librdkafka properties: ES_ORDERS_KAFKA__SECURITY_PROTOCOL=SASL_SSL.
+    kafka: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _librdkafka_names(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {str(k).lower().replace("_", "."): str(v) for k, v in value.items()}
+
+    @property
+    def command_state_topic(self) -> str:
+        """The command service's own changelog: its view of the orders."""
+        return f"{self.events_topic}-command-state"
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka settings for a client: bootstrap servers, pass-through extras, overrides."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        config.update(self.kafka)
+        config.update(overrides)
+        return config

@@ -1,0 +1,51 @@
+"""Fold one Kafka record of the events topic into the state of its order. Pure: no I/O.
+
+This is the step both runtimes (query and command views) and the golden-vector tests
+share: decode through the codec, upcast legacy records against the current state, then
+``evolve`` each event. A record that cannot be decoded is reported, not raised, so the
+caller can send it to the dead letter topic and carry on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from es_orders.codec import CodecError, LegacyUpdate, decode_record, upcast
+from es_orders.domain import OrderState, Outcome, evolve
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFolded:
+    """What one record did: the order's new state (None if it has none), and counts."""
+
+    order_id: str | None
+    state: OrderState | None
+    changed: bool
+    duplicates: int = 0
+    gaps: int = 0
+    error: CodecError | None = None
+
+
+def fold_record(
+    key: bytes | None,
+    value: bytes | None,
+    timestamp_ms: int,
+    state_of: Callable[[str], OrderState | None],
+) -> RecordFolded:
+    """Fold one record; ``state_of(order_id)`` gives the order's current state (None: unknown)."""
+    try:
+        decoded = decode_record(key, value, timestamp_ms)
+    except CodecError as exc:
+        return RecordFolded(None, None, changed=False, error=exc)
+    before = state_of(decoded.order_id)
+    events = upcast(decoded, before) if isinstance(decoded, LegacyUpdate) else (decoded,)
+    state, duplicates, gaps = before, 0, 0
+    for event in events:
+        evolved = evolve(state, event)
+        if evolved.outcome is Outcome.DUPLICATE:
+            duplicates += 1
+            continue
+        gaps += evolved.outcome is Outcome.GAP
+        state = evolved.state
+    return RecordFolded(decoded.order_id, state, state is not before, duplicates, gaps)
