@@ -25,20 +25,37 @@ class RecordFolded:
     duplicates: int = 0
     gaps: int = 0
     error: CodecError | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An order's state as a store holds it, with the offset of the last event folded in."""
+
+    state: OrderState
+    source_offset: int
 
 
 def fold_record(
     key: bytes | None,
     value: bytes | None,
     timestamp_ms: int,
-    state_of: Callable[[str], OrderState | None],
+    offset: int,
+    stored_of: Callable[[str], Stored | None],
 ) -> RecordFolded:
-    """Fold one record; ``state_of(order_id)`` gives the order's current state (None: unknown)."""
+    """Fold the record at ``offset``; ``stored_of(order_id)`` gives what the store holds.
+
+    A record at or below the row's source offset was folded before (a replay after a
+    crash): it changes nothing, and is not counted as a duplicate.
+    """
     try:
         decoded = decode_record(key, value, timestamp_ms)
     except CodecError as exc:
         return RecordFolded(None, None, changed=False, error=exc)
-    before = state_of(decoded.order_id)
+    stored = stored_of(decoded.order_id)
+    before = None if stored is None else stored.state
+    if stored is not None and offset <= stored.source_offset:
+        return RecordFolded(decoded.order_id, before, changed=False, replayed=True)
     events = upcast(decoded, before) if isinstance(decoded, LegacyUpdate) else (decoded,)
     state, duplicates, gaps = before, 0, 0
     for event in events:

@@ -9,10 +9,33 @@ import pytest
 
 from es_orders.codec import decode_state, encode_state, state_to_dict
 from es_orders.domain import OrderState
-from es_orders.projection import fold_record
+from es_orders.projection import Stored, fold_record
 from tests.vectors import VECTORS_PATH, VectorCase, load_cases, normalize_state
 
 CASES = load_cases()
+
+
+def fold_vector(
+    case: VectorCase, replay_from: int | None
+) -> tuple[dict[str, Stored], int, int, int]:
+    """Fold a case's records at offsets 0.., then again from ``replay_from`` (a crash replay)."""
+    stored: dict[str, Stored] = {}
+    dlq = duplicates = gaps = 0
+    offsets = list(enumerate(case.records))
+    if replay_from is not None:
+        offsets += offsets[replay_from:]
+    for offset, record in offsets:
+        folded = fold_record(record.key, record.value, record.timestamp_ms, offset, stored.get)
+        if folded.error is not None:
+            dlq += 1
+            continue
+        assert folded.order_id is not None
+        if folded.changed:
+            assert folded.state is not None
+            stored[folded.order_id] = Stored(folded.state, offset)
+        duplicates += folded.duplicates
+        gaps += folded.gaps
+    return stored, dlq, duplicates, gaps
 
 
 def test_the_vectors_are_an_identical_copy_of_the_shared_contract() -> None:
@@ -24,18 +47,8 @@ def test_the_vectors_are_an_identical_copy_of_the_shared_contract() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_vector_folds_to_expected_states(case: VectorCase) -> None:
-    states: dict[str, OrderState] = {}
-    dlq = duplicates = gaps = 0
-    for record in case.records:
-        folded = fold_record(record.key, record.value, record.timestamp_ms, states.get)
-        if folded.error is not None:
-            dlq += 1
-            continue
-        assert folded.order_id is not None
-        if folded.state is not None:
-            states[folded.order_id] = folded.state
-        duplicates += folded.duplicates
-        gaps += folded.gaps
+    stored, dlq, duplicates, gaps = fold_vector(case, replay_from=None)
+    states = {oid: s.state for oid, s in stored.items()}
 
     actual = {oid: normalize_state(state_to_dict(s)) for oid, s in states.items()}
     expected = {oid: normalize_state(s) for oid, s in case.expected_states.items()}
@@ -48,3 +61,12 @@ def test_vector_folds_to_expected_states(case: VectorCase) -> None:
 def test_there_are_vectors_of_every_kind() -> None:
     assert {c.name for c in CASES} >= {"lifecycle", "duplicate", "gap", "legacy", "poison"}
     assert sum(c.dlq for c in CASES) > 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_replaying_records_already_folded_changes_nothing(case: VectorCase) -> None:
+    once = fold_vector(case, replay_from=None)
+    for start in range(len(case.records)):
+        stored, _, _, gaps = fold_vector(case, replay_from=start)
+        assert stored == once[0]
+        assert gaps == once[3]  # an applied gap is skipped by its offset on replay

@@ -1,0 +1,334 @@
+"""The materializer: fold the events topic into per-partition stores, exactly once.
+
+Per batch (DESIGN.md, "Exactly-once state without trusting broker transactions"):
+
+1. fold each record into the state of its order (``projection.fold_record``), skipping
+   records at or below the row's source offset (a replay);
+2. produce one changelog record per changed order (same partition, ``source-offset``
+   header) and each undecodable record to the dead letter topic, then flush: nothing is
+   checkpointed before the broker acknowledged all of it;
+3. checkpoint each partition's rows and consumed position in one SQLite transaction;
+4. only then commit the consumer group offsets.
+
+A crash anywhere replays at most the last batch, and the replay changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    TopicPartition,
+)
+
+from es_orders.codec import encode_state
+from es_orders.kafka.records import position_of
+from es_orders.projection import Stored, fold_record
+from es_orders.runtime.partition import AssignedPartition, Phase, store_path
+from es_orders.runtime.replication import ReplicationError, Replicator
+from es_orders.runtime.restore import LocalStoreAheadError, restore_partition
+from es_orders.runtime.store import Row
+from es_orders.runtime.views import Readiness
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MaterializerConfig:
+    source_topic: str
+    changelog_topic: str
+    dlq_topic: str
+    group_id: str
+    state_dir: Path
+    kafka: dict[str, Any]  # bootstrap servers and pass-through librdkafka settings
+    max_batch: int = 10_000
+
+
+@dataclass
+class Counters:
+    """What the materializer did since it started; read by HTTP threads, written by one."""
+
+    consumed: int = 0
+    changed: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    replayed: int = 0
+    dead_letters: int = 0
+    changelog_records: int = 0
+    restored_records: int = 0
+    batches: int = 0
+
+
+class Materializer:
+    """Runs the fold loop on the calling thread (``run``) until ``stop`` is called."""
+
+    def __init__(self, config: MaterializerConfig) -> None:
+        self.config = config
+        self.counters = Counters()
+        self._stop = threading.Event()
+        self._partitions: dict[int, AssignedPartition] = {}
+        # Replaced, never mutated, so HTTP threads can iterate a snapshot without a lock.
+        self.readable: dict[int, AssignedPartition] = {}
+        self._assigned_once = False
+        self._consumer: Consumer | None = None
+        self._replicator: Replicator | None = None
+        self._restorer: Consumer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def _client_config(self) -> dict[str, Any]:
+        client_id = f"{self.config.group_id}-{socket.gethostname()}"
+        # Defaults first, then the user's pass-through settings, then what correctness needs.
+        defaults: dict[str, Any] = {
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            "client.id": client_id,
+        }
+        return {**defaults, **self.config.kafka}
+
+    def _open_clients(self) -> None:
+        base = self._client_config()
+        self._consumer = Consumer(
+            {
+                **base,
+                "group.id": self.config.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            }
+        )
+        self._restorer = Consumer(
+            {
+                **base,
+                "group.id": f"{self.config.group_id}-restore",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                # A store position past the changelog's end must fail loudly, not reset.
+                "auto.offset.reset": "error",
+            }
+        )
+        self._replicator = Replicator(base, self.config.changelog_topic, self.config.dlq_topic)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume, fold, replicate and checkpoint until ``stop``; then leave the group."""
+        self._open_clients()
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.subscribe(
+            [self.config.source_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        log.info("materializer started group=%s topic=%s", self.config.group_id,
+                 self.config.source_topic)  # fmt: skip
+        last_report = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                first = consumer.poll(0.1)
+                if first is not None:
+                    batch = [first, *consumer.consume(self.config.max_batch - 1, timeout=0)]
+                    self._process(batch)
+                if time.monotonic() - last_report > 30:
+                    log.info("progress %s", self.counters)
+                    last_report = time.monotonic()
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            try:
+                self._consumer.close()  # revokes (committing) and leaves the group
+            except Exception:
+                log.exception("error while leaving the consumer group")
+        if self._replicator is not None:
+            self._replicator.close()
+        if self._restorer is not None:
+            self._restorer.close()
+        for part in self._partitions.values():
+            part.close()
+        self._partitions = {}
+        self.readable = {}
+        log.info("materializer stopped %s", self.counters)
+
+    # -- rebalance -----------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions assigned topic=%s partitions=%s", self.config.source_topic,
+                 [tp.partition for tp in partitions])  # fmt: skip
+        for tp in partitions:
+            self._partitions[tp.partition] = self._restore(tp.partition)
+        committed = consumer.committed(partitions, timeout=30) if partitions else []
+        for tp, group_offset in zip(partitions, committed, strict=True):
+            part = self._partitions[tp.partition]
+            local = part.store.position().consumed
+            # The store is never behind the group (invariant 2); after a rebalance another
+            # instance may have moved the group ahead, and restore brought the store there.
+            start = max(local if local is not None else -1, group_offset.offset)
+            tp.offset = start if start >= 0 else OFFSET_BEGINNING
+            part.consumed = start if start >= 0 else None
+            part.phase = Phase.CATCHING_UP
+            log.info("partition ready to fold partition=%d from_offset=%s orders=%d",
+                     tp.partition, start if start >= 0 else "beginning",
+                     part.store.count())  # fmt: skip
+        self.readable = dict(self._partitions)
+        self._assigned_once = True
+        consumer.assign(partitions)
+
+    def _restore(self, number: int) -> AssignedPartition:
+        path = store_path(self.config.state_dir, self.config.group_id,
+                          self.config.source_topic, number)  # fmt: skip
+        part = AssignedPartition(number, path)
+        # Published before restore so readiness shows progress while it runs.
+        self._partitions[number] = part
+        assert self._restorer is not None
+
+        def progress(records: int) -> None:
+            part.restored_records = records
+
+        try:
+            restored = restore_partition(
+                self._restorer, self.config.changelog_topic, number, part.store, progress
+            )
+        except LocalStoreAheadError as exc:
+            log.warning("local store is ahead of the changelog (%s): rebuilding partition=%d "
+                        "from the changelog's start path=%s", exc, number, path)  # fmt: skip
+            part.wipe()
+            restored = restore_partition(
+                self._restorer, self.config.changelog_topic, number, part.store, progress
+            )
+        self.counters.restored_records += restored.records
+        log.info("partition restored partition=%d records=%d seconds=%.2f", number,
+                 restored.records, restored.seconds)  # fmt: skip
+        return part
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            part = self._partitions.pop(tp.partition, None)
+            if part is not None:
+                part.close()
+        self.readable = dict(self._partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions revoked partitions=%s", [tp.partition for tp in partitions])
+        offsets = [
+            TopicPartition(self.config.source_topic, tp.partition, part.consumed)
+            for tp in partitions
+            if (part := self._partitions.get(tp.partition)) is not None
+            and part.consumed is not None
+        ]
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except Exception as exc:  # the checkpoint is local; the group may lag (harmless)
+                log.warning("offset commit on revoke failed error=%s", exc)
+        self._release(partitions)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost partitions=%s", [tp.partition for tp in partitions])
+        self._release(partitions)
+
+    # -- readiness -----------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        partitions = dict(self._partitions)
+        states = {n: f"{p.phase.value} ({p.restored_records} restored)"
+                  for n, p in sorted(partitions.items())}  # fmt: skip
+        waiting = [f"partition {n}: {p.phase.value}" for n, p in sorted(partitions.items())
+                   if p.phase is not Phase.CAUGHT_UP]  # fmt: skip
+        if not self._assigned_once:
+            waiting.insert(0, "group join and partition assignment")
+        return Readiness(ready=not waiting, waiting_for=tuple(waiting), partitions=states)
+
+    # -- the batch -----------------------------------------------------------------
+
+    def _process(self, batch: list[Message]) -> None:
+        replicator, consumer = self._replicator, self._consumer
+        assert replicator is not None and consumer is not None
+        changed: dict[int, dict[str, Stored]] = {}
+        last: dict[int, int] = {}
+        at_end: list[int] = []
+        counters = self.counters
+        dead = 0
+        for message in batch:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    at_end.append(position_of(message)[0])
+                elif error.fatal():
+                    raise ReplicationError(f"fatal consumer error: {error}")
+                else:
+                    log.warning("consumer error=%s", error)
+                continue
+            number, offset = position_of(message)
+            part = self._partitions[number]
+            last[number] = offset
+            counters.consumed += 1
+            kind, timestamp = message.timestamp()
+            folded = fold_record(message.key(), message.value(),
+                                 timestamp if kind else int(time.time() * 1000),
+                                 offset, part.stored_of)  # fmt: skip
+            if folded.error is not None:
+                replicator.dead_letter(message, str(folded.error))
+                dead += 1
+                continue
+            counters.replayed += folded.replayed
+            counters.duplicates += folded.duplicates
+            if folded.gaps:
+                counters.gaps += folded.gaps
+                log.warning("version gap applied order=%s partition=%d offset=%d",
+                            folded.order_id, number, offset)  # fmt: skip
+            if folded.changed and folded.state is not None and folded.order_id is not None:
+                stored = Stored(folded.state, offset)
+                part.remember(folded.order_id, stored)
+                changed.setdefault(number, {})[folded.order_id] = stored
+        if last:
+            self._checkpoint(replicator, consumer, changed, last)
+            counters.dead_letters += dead
+        for number in at_end:
+            part = self._partitions[number]
+            if part.phase is not Phase.CAUGHT_UP:
+                part.phase = Phase.CAUGHT_UP
+                log.info("partition caught up partition=%d orders=%d", number, part.store.count())
+
+    def _checkpoint(
+        self,
+        replicator: Replicator,
+        consumer: Consumer,
+        changed: dict[int, dict[str, Stored]],
+        last: dict[int, int],
+    ) -> None:
+        rows: dict[int, list[Row]] = {}
+        for number, orders in changed.items():
+            part_rows = rows[number] = []
+            for order_id, stored in orders.items():
+                payload = encode_state(stored.state)
+                part_rows.append((order_id, payload, stored.source_offset))
+                replicator.changelog(number, order_id, payload, stored.source_offset)
+        changelog_next = replicator.flush()
+        for number, offset in last.items():
+            part = self._partitions[number]
+            part.store.checkpoint(rows.get(number, ()), offset + 1, changelog_next.get(number))
+            part.consumed = offset + 1
+        written = sum(len(r) for r in rows.values())
+        self.counters.changed += written
+        self.counters.changelog_records += written
+        self.counters.batches += 1
+        consumer.commit(
+            offsets=[TopicPartition(self.config.source_topic, n, o + 1) for n, o in last.items()],
+            asynchronous=True,
+        )

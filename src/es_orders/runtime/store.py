@@ -1,0 +1,141 @@
+"""The local state store of one partition: a SQLite file of order rows and positions.
+
+Each row keeps the state JSON (as the codec wrote it) and the offset of the last event
+folded into it; ``meta`` keeps the partition's consumed position and how far the
+changelog has been read. A checkpoint writes rows and positions in one transaction, so a
+reader (WAL mode, its own connection) never sees half a batch and a crash leaves either
+the old checkpoint or the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from es_orders.errors import EsOrdersError
+
+log = logging.getLogger(__name__)
+
+Row = tuple[str, bytes, int]  # order id, state JSON, source offset
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    id TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    source_offset INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+"""
+# Restore keeps, per key, the row with the highest source offset (DESIGN.md).
+_UPSERT_NEWER = """
+INSERT INTO orders (id, state, source_offset) VALUES (?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET state = excluded.state, source_offset = excluded.source_offset
+WHERE excluded.source_offset > orders.source_offset
+"""
+_SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+CONSUMED = "consumed"
+CHANGELOG = "changelog"
+
+
+class StoreError(EsOrdersError):
+    """The local state store could not be opened, read or written."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorePosition:
+    consumed: int | None  # next offset of the events partition to fold; None: never checkpointed
+    changelog: int  # next offset of the changelog partition to restore from
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+    connection = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    # WAL: readers never block the writer and see only committed checkpoints. NORMAL
+    # sync survives a killed process (not a power cut), which is what the checkpoint
+    # invariants need: the changelog, not the local file, is the durable copy.
+    if not readonly:
+        connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    return connection
+
+
+class PartitionStore:
+    """The writer's handle on one partition's store. Used by the processing thread only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = _connect(path)
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open state store {path}: {exc}") from exc
+
+    def position(self) -> StorePosition:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        return StorePosition(consumed=meta.get(CONSUMED), changelog=meta.get(CHANGELOG, 0))
+
+    def get(self, order_id: str) -> tuple[bytes, int] | None:
+        row = self._db.execute(
+            "SELECT state, source_offset FROM orders WHERE id = ?", (order_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM orders").fetchone()[0])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
+
+    def restore(self, rows: Iterable[Row], changelog_next: int) -> None:
+        """Apply changelog rows (newest source offset wins) and remember how far it was read."""
+        with self._transaction() as db:
+            db.executemany(_UPSERT_NEWER, rows)
+            db.execute(_SET_META, (CHANGELOG, changelog_next))
+
+    def checkpoint(self, rows: Iterable[Row], consumed: int, changelog_next: int | None) -> None:
+        """Write a folded batch: its rows, the consumed position, the changelog position."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO orders (id, state, source_offset) VALUES (?, ?, ?)", rows
+            )
+            db.execute(_SET_META, (CONSUMED, consumed))
+            if changelog_next is not None:
+                db.execute(_SET_META, (CHANGELOG, changelog_next))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class StoreReader:
+    """Read-only access for HTTP threads: one connection per call, so threads never share one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get(self, order_id: str) -> bytes | None:
+        with closing(_connect(self.path, readonly=True)) as db:
+            row = db.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        with closing(_connect(self.path, readonly=True)) as db:
+            rows = db.execute(
+                "SELECT id, state FROM orders WHERE id > ? ORDER BY id LIMIT ?",
+                (after if after is not None else "", limit),
+            ).fetchall()
+        return [(order_id, bytes(state)) for order_id, state in rows]
