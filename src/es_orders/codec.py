@@ -220,9 +220,15 @@ def upcast(update: LegacyUpdate, state: OrderState | None) -> tuple[Event, ...]:
     oid, at = update.order_id, update.occurred_at
     if state is None:
         created = OrderCreated(
-            _legacy_event_id(oid, 1), oid, 1, at,
-            update.user_id, update.product_id, update.quantity, update.price,
-        )  # fmt: skip
+            _legacy_event_id(oid, 1),
+            oid,
+            1,
+            at,
+            update.user_id,
+            update.product_id,
+            update.quantity,
+            update.price,
+        )
         return (created,)
     events: list[Event] = []
     version = state.version

@@ -67,11 +67,17 @@ def produce(kafka_config: dict[str, Any], topic: str, records: Iterable[VectorRe
 def read_all(kafka_config: dict[str, Any], topic: str, partitions: int = 3) -> list[Any]:
     """Every record of ``topic`` from the start to the end (fetch EOF), without a group."""
     consumer = Consumer(
-        {**kafka_config, "group.id": "reader", "enable.partition.eof": True,
-         "enable.auto.commit": False, "auto.offset.reset": "earliest"}
-    )  # fmt: skip
+        {
+            **kafka_config,
+            "group.id": "reader",
+            "enable.partition.eof": True,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    records, ended = [], set()
+    records: list[Any] = []
+    ended: set[int | None] = set()
     deadline = time.monotonic() + 60
     while len(ended) < partitions and time.monotonic() < deadline:
         for message in consumer.consume(1000, timeout=0.5):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from es_orders.codec import decode_state, encode_state, state_to_dict
-from es_orders.domain import OrderState
 from es_orders.projection import Stored, fold_record
 from tests.vectors import VECTORS_PATH, VectorCase, load_cases, normalize_state
 

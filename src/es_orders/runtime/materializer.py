@@ -36,7 +36,7 @@ from es_orders.kafka.records import position_of
 from es_orders.projection import Stored, fold_record
 from es_orders.runtime.partition import AssignedPartition, Phase, store_path
 from es_orders.runtime.replication import ReplicationError, Replicator
-from es_orders.runtime.restore import LocalStoreAheadError, restore_partition
+from es_orders.runtime.restore import LocalStoreAheadError, restore_partitions
 from es_orders.runtime.store import Row
 from es_orders.runtime.views import Readiness
 
@@ -89,17 +89,15 @@ class Materializer:
     def _client_config(self) -> dict[str, Any]:
         client_id = f"{self.config.group_id}-{socket.gethostname()}"
         # Defaults first, then the user's pass-through settings, then what correctness needs.
-        defaults: dict[str, Any] = {
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "client.id": client_id,
-        }
-        return {**defaults, **self.config.kafka}
+        return {"client.id": client_id, **self.config.kafka}
 
     def _open_clients(self) -> None:
         base = self._client_config()
+        # The dev broker's first group join takes session.timeout.ms / 2: keep it short.
+        consumer_defaults = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
         self._consumer = Consumer(
             {
+                **consumer_defaults,
                 **base,
                 "group.id": self.config.group_id,
                 "enable.auto.commit": False,
@@ -111,6 +109,8 @@ class Materializer:
         self._restorer = Consumer(
             {
                 **base,
+                # An empty fetch waits this long on the broker: restore reads to the end.
+                "fetch.wait.max.ms": 10,
                 "group.id": f"{self.config.group_id}-restore",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
@@ -134,8 +134,9 @@ class Materializer:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        log.info("materializer started group=%s topic=%s", self.config.group_id,
-                 self.config.source_topic)  # fmt: skip
+        log.info(
+            "materializer started group=%s topic=%s", self.config.group_id, self.config.source_topic
+        )
         last_report = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -168,10 +169,18 @@ class Materializer:
     # -- rebalance -----------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        log.info("partitions assigned topic=%s partitions=%s", self.config.source_topic,
-                 [tp.partition for tp in partitions])  # fmt: skip
+        log.info(
+            "partitions assigned topic=%s partitions=%s",
+            self.config.source_topic,
+            [tp.partition for tp in partitions],
+        )
         for tp in partitions:
-            self._partitions[tp.partition] = self._restore(tp.partition)
+            path = store_path(
+                self.config.state_dir, self.config.group_id, self.config.source_topic, tp.partition
+            )
+            # Registered before the restore so that readiness shows its progress.
+            self._partitions[tp.partition] = AssignedPartition(tp.partition, path)
+        self._restore([tp.partition for tp in partitions])
         committed = consumer.committed(partitions, timeout=30) if partitions else []
         for tp, group_offset in zip(partitions, committed, strict=True):
             part = self._partitions[tp.partition]
@@ -182,39 +191,50 @@ class Materializer:
             tp.offset = start if start >= 0 else OFFSET_BEGINNING
             part.consumed = start if start >= 0 else None
             part.phase = Phase.CATCHING_UP
-            log.info("partition ready to fold partition=%d from_offset=%s orders=%d",
-                     tp.partition, start if start >= 0 else "beginning",
-                     part.store.count())  # fmt: skip
+            log.info(
+                "partition ready to fold partition=%d from_offset=%s orders=%d",
+                tp.partition,
+                start if start >= 0 else "beginning",
+                part.store.count(),
+            )
         self.readable = dict(self._partitions)
         self._assigned_once = True
         consumer.assign(partitions)
 
-    def _restore(self, number: int) -> AssignedPartition:
-        path = store_path(self.config.state_dir, self.config.group_id,
-                          self.config.source_topic, number)  # fmt: skip
-        part = AssignedPartition(number, path)
-        # Published before restore so readiness shows progress while it runs.
-        self._partitions[number] = part
+    def _restore(self, numbers: list[int]) -> None:
         assert self._restorer is not None
+        parts = {n: self._partitions[n] for n in numbers}
 
-        def progress(records: int) -> None:
-            part.restored_records = records
+        def progress(number: int, records: int) -> None:
+            parts[number].restored_records = records
 
-        try:
-            restored = restore_partition(
-                self._restorer, self.config.changelog_topic, number, part.store, progress
-            )
-        except LocalStoreAheadError as exc:
-            log.warning("local store is ahead of the changelog (%s): rebuilding partition=%d "
-                        "from the changelog's start path=%s", exc, number, path)  # fmt: skip
-            part.wipe()
-            restored = restore_partition(
-                self._restorer, self.config.changelog_topic, number, part.store, progress
-            )
-        self.counters.restored_records += restored.records
-        log.info("partition restored partition=%d records=%d seconds=%.2f", number,
-                 restored.records, restored.seconds)  # fmt: skip
-        return part
+        while parts:
+            try:
+                restored = restore_partitions(
+                    self._restorer,
+                    self.config.changelog_topic,
+                    {n: p.store for n, p in parts.items()},
+                    progress,
+                )
+            except LocalStoreAheadError as exc:
+                part = parts[exc.partition]
+                log.warning(
+                    "local store is ahead of the changelog (%s): rebuilding it from "
+                    "the changelog's start path=%s",
+                    exc,
+                    part.path,
+                )
+                part.wipe()
+                continue
+            for result in restored:
+                self.counters.restored_records += result.records
+                log.info(
+                    "partition restored partition=%d records=%d seconds=%.2f",
+                    result.partition,
+                    result.records,
+                    result.seconds,
+                )
+            return
 
     def _release(self, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -246,10 +266,15 @@ class Materializer:
 
     def readiness(self) -> Readiness:
         partitions = dict(self._partitions)
-        states = {n: f"{p.phase.value} ({p.restored_records} restored)"
-                  for n, p in sorted(partitions.items())}  # fmt: skip
-        waiting = [f"partition {n}: {p.phase.value}" for n, p in sorted(partitions.items())
-                   if p.phase is not Phase.CAUGHT_UP]  # fmt: skip
+        states = {
+            n: f"{p.phase.value} ({p.restored_records} restored)"
+            for n, p in sorted(partitions.items())
+        }
+        waiting = [
+            f"partition {n}: {p.phase.value}"
+            for n, p in sorted(partitions.items())
+            if p.phase is not Phase.CAUGHT_UP
+        ]
         if not self._assigned_once:
             waiting.insert(0, "group join and partition assignment")
         return Readiness(ready=not waiting, waiting_for=tuple(waiting), partitions=states)
@@ -279,9 +304,13 @@ class Materializer:
             last[number] = offset
             counters.consumed += 1
             kind, timestamp = message.timestamp()
-            folded = fold_record(message.key(), message.value(),
-                                 timestamp if kind else int(time.time() * 1000),
-                                 offset, part.stored_of)  # fmt: skip
+            folded = fold_record(
+                message.key(),
+                message.value(),
+                timestamp if kind else int(time.time() * 1000),
+                offset,
+                part.stored_of,
+            )
             if folded.error is not None:
                 replicator.dead_letter(message, str(folded.error))
                 dead += 1
@@ -290,8 +319,12 @@ class Materializer:
             counters.duplicates += folded.duplicates
             if folded.gaps:
                 counters.gaps += folded.gaps
-                log.warning("version gap applied order=%s partition=%d offset=%d",
-                            folded.order_id, number, offset)  # fmt: skip
+                log.warning(
+                    "version gap applied order=%s partition=%d offset=%d",
+                    folded.order_id,
+                    number,
+                    offset,
+                )
             if folded.changed and folded.state is not None and folded.order_id is not None:
                 stored = Stored(folded.state, offset)
                 part.remember(folded.order_id, stored)

@@ -45,24 +45,32 @@ class Replicator:
     """One idempotent producer (acks=all) for a materializer's changelog and dead letters."""
 
     def __init__(self, config: dict[str, Any], changelog_topic: str, dlq_topic: str) -> None:
-        self._producer = Producer({"linger.ms": 5, **config, "enable.idempotence": True,
-                                   "acks": "all"})  # fmt: skip
+        self._producer = Producer(
+            {"linger.ms": 5, **config, "enable.idempotence": True, "acks": "all"}
+        )
         self._changelog_topic = changelog_topic
         self._dlq_topic = dlq_topic
         self._acks = _Acks()
 
     def changelog(self, partition: int, order_id: str, state: bytes, source_offset: int) -> None:
         headers: Headers = [(SOURCE_OFFSET_HEADER, str(source_offset).encode())]
-        self._produce(self._changelog_topic, order_id.encode(), state, headers,
-                      self._acks.on_changelog, partition)  # fmt: skip
+        self._produce(
+            self._changelog_topic,
+            order_id.encode(),
+            state,
+            headers,
+            self._acks.on_changelog,
+            partition,
+        )
 
     def dead_letter(self, message: Message, error: str) -> None:
         partition, offset = position_of(message)
         source = f"{message.topic()}/{partition}/{offset}"
         log.warning("dead letter source=%s error=%s", source, error)
         headers = [*header_list(message), ("error", error.encode()), ("source", source.encode())]
-        self._produce(self._dlq_topic, message.key(), message.value(), headers,
-                      self._acks.on_dead_letter)  # fmt: skip
+        self._produce(
+            self._dlq_topic, message.key(), message.value(), headers, self._acks.on_dead_letter
+        )
 
     def flush(self, timeout: float = 60) -> dict[int, int]:
         """Wait for every record; return, per partition, the changelog offset after the last."""
@@ -88,8 +96,14 @@ class Replicator:
     ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       partition=partition, on_delivery=on_delivery)  # fmt: skip
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    partition=partition,
+                    on_delivery=on_delivery,
+                )
             except BufferError:  # the local queue is full: let deliveries drain, then retry
                 self._producer.poll(0.05)
             else:

@@ -1,0 +1,46 @@
+"""The query service: the materializer on the events topic plus interactive queries."""
+
+from __future__ import annotations
+
+import logging
+
+from es_orders.config import Settings
+from es_orders.kafka.admin import ensure_topics, topic_specs
+from es_orders.query.api import create_query_app
+from es_orders.runtime.materializer import Materializer, MaterializerConfig
+from es_orders.runtime.view import MaterializedView
+from es_orders.serving import serve
+
+log = logging.getLogger(__name__)
+
+
+def query_materializer_config(settings: Settings) -> MaterializerConfig:
+    return MaterializerConfig(
+        source_topic=settings.events_topic,
+        changelog_topic=settings.state_topic,
+        dlq_topic=settings.dlq_topic,
+        group_id=settings.application_id,
+        state_dir=settings.state_dir,
+        kafka=settings.kafka_config(),
+    )
+
+
+def run_query_service(settings: Settings) -> int:
+    """Serve GET /orders on ``settings.query_port`` until SIGINT/SIGTERM; the exit code."""
+    ensure_topics(settings.kafka_config(), topic_specs(settings))
+    materializer = Materializer(query_materializer_config(settings))
+    app = create_query_app(MaterializedView(materializer))
+    url = f"http://{settings.host}:{settings.query_port}"
+
+    def started() -> None:
+        log.info(
+            "query service listening url=%s docs=%s/docs group=%s state_dir=%s",
+            url,
+            url,
+            settings.application_id,
+            settings.state_dir,
+        )
+
+    return serve(
+        app, settings.host, settings.query_port, {"materializer": materializer}, on_started=started
+    )
