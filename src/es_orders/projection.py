@@ -9,14 +9,14 @@ caller can send it to the dead letter topic and carry on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 from es_orders.codec import CodecError, LegacyUpdate, decode_record, upcast
 from es_orders.domain import OrderState, Outcome, evolve
 
 
-@dataclass(frozen=True, slots=True)
-class RecordFolded:
+class RecordFolded(msgspec.Struct, frozen=True, gc=False):
     """What one record did: the order's new state (None if it has none), and counts."""
 
     order_id: str | None
@@ -28,8 +28,7 @@ class RecordFolded:
     replayed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
+class Stored(msgspec.Struct, frozen=True, gc=False):
     """An order's state as a store holds it, with the offset of the last event folded in."""
 
     state: OrderState

@@ -67,6 +67,9 @@ class InMemoryView:
     def readiness(self) -> Readiness:
         return self.state_of_readiness
 
+    def stats(self) -> dict[str, float]:
+        return {"consumed": float(len(self.states))}
+
 
 class BrokenView(InMemoryView):
     def get(self, order_id: str) -> bytes | None:
@@ -391,3 +394,11 @@ def test_problem_error_title_defaults_to_the_status_phrase() -> None:
         "detail": "version is 3",
         "current_version": 3,
     }
+
+
+def test_stats_reports_the_view_counters() -> None:
+    view = InMemoryView()
+    view.put("a", b'{"version": 1}')
+    response = TestClient(create_query_app(view)).get("/stats")
+    assert response.status_code == 200
+    assert response.json() == {"consumed": 1.0}

@@ -1,9 +1,15 @@
-"""The five order events: facts, in the past tense. Wire format lives in ``es_orders.codec``."""
+"""The five order events: facts, in the past tense. Wire format lives in ``es_orders.codec``.
+
+Events and states are frozen msgspec Structs rather than dataclasses: the fold creates
+one of each per event, and a Struct is built some twenty times faster, which is most of
+the difference between folding tens and hundreds of thousands of events a second.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+
+import msgspec
 
 # Value bounds shared by the codec (what an event may carry) and the decider (what a
 # command may ask for). Prices are integer minor units; both fit a SQLite INTEGER.
@@ -12,8 +18,7 @@ MIN_PRICE = 0
 MAX_INT = 2**63 - 1
 
 
-@dataclass(frozen=True, slots=True)
-class OrderCreated:
+class OrderCreated(msgspec.Struct, frozen=True, gc=False):
     """An order came to be. Fields are None only when upcast from a legacy partial record;
     typed events on the wire and ``decide`` always carry every value."""
 
@@ -27,8 +32,7 @@ class OrderCreated:
     price: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class PriceChanged:
+class PriceChanged(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     order_id: str
     version: int
@@ -36,8 +40,7 @@ class PriceChanged:
     price: int
 
 
-@dataclass(frozen=True, slots=True)
-class QuantityChanged:
+class QuantityChanged(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     order_id: str
     version: int
@@ -45,8 +48,7 @@ class QuantityChanged:
     quantity: int
 
 
-@dataclass(frozen=True, slots=True)
-class ProductChanged:
+class ProductChanged(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     order_id: str
     version: int
@@ -54,8 +56,7 @@ class ProductChanged:
     product_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class OrderCancelled:
+class OrderCancelled(msgspec.Struct, frozen=True, gc=False):
     event_id: str
     order_id: str
     version: int

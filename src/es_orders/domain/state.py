@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import assert_never
+
+import msgspec
+from msgspec.structs import replace
 
 from es_orders.domain.events import (
     Event,
@@ -29,8 +31,7 @@ class OrderStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
-class OrderState:
+class OrderState(msgspec.Struct, frozen=True, gc=False):
     """The current state of one order. Fields are None when first seen through a partial update."""
 
     id: str
@@ -50,8 +51,7 @@ class Outcome(enum.Enum):
     GAP = "gap"
 
 
-@dataclass(frozen=True, slots=True)
-class Evolved:
+class Evolved(msgspec.Struct, frozen=True, gc=False):
     state: OrderState
     outcome: Outcome
 
@@ -103,8 +103,7 @@ def evolve(state: OrderState | None, event: Event) -> Evolved:
     return Evolved(_apply(current, event), outcome)
 
 
-@dataclass(frozen=True, slots=True)
-class FoldResult:
+class FoldResult(msgspec.Struct, frozen=True, gc=False):
     state: OrderState | None
     duplicates: int = 0
     gaps: int = 0

@@ -22,7 +22,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 # Public API, re-exported by confluent_kafka.admin without an __all__ that mypy would honour.
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic  # type: ignore[attr-defined,unused-ignore]
 
 from es_orders.config import Settings
 from es_orders.errors import BrokerError, TopicConfigError

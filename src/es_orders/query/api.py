@@ -189,4 +189,8 @@ def create_query_app(view: OrderView) -> FastAPI:
             )
         return ReadyModel(partitions=readiness.partitions)
 
+    @app.get("/stats", tags=["health"], summary="Counters of the fold since this process started")
+    def stats() -> dict[str, float]:
+        return view.stats()
+
     return app

@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 from itertools import islice
 
+import msgspec
+
 from es_orders.runtime.materializer import Materializer
 from es_orders.runtime.views import Readiness
 
@@ -32,3 +34,6 @@ class MaterializedView:
 
     def readiness(self) -> Readiness:
         return self._materializer.readiness()
+
+    def stats(self) -> dict[str, float]:
+        return msgspec.structs.asdict(self._materializer.counters)
