@@ -16,23 +16,23 @@ from es_orders.codec import CodecError, LegacyUpdate, decode_record, upcast
 from es_orders.domain import OrderState, Outcome, evolve
 
 
-class RecordFolded(msgspec.Struct, frozen=True, gc=False):
-    """What one record did: the order's new state (None if it has none), and counts."""
-
-    order_id: str | None
-    state: OrderState | None
-    changed: bool
-    duplicates: int = 0
-    gaps: int = 0
-    error: CodecError | None = None
-    replayed: bool = False
-
-
 class Stored(msgspec.Struct, frozen=True, gc=False):
     """An order's state as a store holds it, with the offset of the last event folded in."""
 
     state: OrderState
     source_offset: int
+
+
+class RecordFolded(msgspec.Struct, frozen=True, gc=False):
+    """What one record did: the order's new state (None if it has none), and counts."""
+
+    order_id: str | None
+    state: OrderState | None
+    stored: Stored | None  # the order's new row, when the record changed it
+    duplicates: int = 0
+    gaps: int = 0
+    error: CodecError | None = None
+    replayed: bool = False
 
 
 def fold_record(
@@ -50,11 +50,11 @@ def fold_record(
     try:
         decoded = decode_record(key, value, timestamp_ms)
     except CodecError as exc:
-        return RecordFolded(None, None, changed=False, error=exc)
+        return RecordFolded(None, None, None, error=exc)
     stored = stored_of(decoded.order_id)
     before = None if stored is None else stored.state
     if stored is not None and offset <= stored.source_offset:
-        return RecordFolded(decoded.order_id, before, changed=False, replayed=True)
+        return RecordFolded(decoded.order_id, before, None, replayed=True)
     events = upcast(decoded, before) if isinstance(decoded, LegacyUpdate) else (decoded,)
     state, duplicates, gaps = before, 0, 0
     for event in events:
@@ -64,4 +64,5 @@ def fold_record(
             continue
         gaps += evolved.outcome is Outcome.GAP
         state = evolved.state
-    return RecordFolded(decoded.order_id, state, state is not before, duplicates, gaps)
+    stored = None if state is before or state is None else Stored(state, offset)
+    return RecordFolded(decoded.order_id, state, stored, duplicates, gaps)

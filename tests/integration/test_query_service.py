@@ -113,8 +113,8 @@ def expected_fold(records: list[VectorRecord]) -> dict[str, dict[str, Any]]:
     stored: dict[str, Stored] = {}
     for offset, record in enumerate(records):
         folded = fold_record(record.key, record.value, record.timestamp_ms, offset, stored.get)
-        if folded.changed and folded.state is not None and folded.order_id is not None:
-            stored[folded.order_id] = Stored(folded.state, offset)
+        if folded.stored is not None:
+            stored[folded.stored.state.id] = folded.stored
     return {oid: normalize_state(state_to_dict(s.state)) for oid, s in stored.items()}
 
 

@@ -151,7 +151,7 @@ def test_state_round_trips_and_keeps_nulls() -> None:
     state = OrderState("9", None, None, None, 5, OrderStatus.OPEN, 1, AT, AT)
     body = json.loads(encode_state(state))
     assert body["quantity"] is None
-    assert body["created_at"] == "2026-11-28T14:00:01.250Z"
+    assert body["created_at"] == "2026-11-28T14:00:01.250000Z"
     assert decode_state(encode_state(state)) == state
 
 
@@ -164,3 +164,10 @@ def test_invalid_states_are_refused(value: bytes) -> None:
 def test_instants_are_formatted_in_utc() -> None:
     local = datetime(2026, 11, 28, 15, 0, tzinfo=timezone(timedelta(hours=1)))
     assert format_instant(local) == "2026-11-28T14:00:00.000Z"
+
+
+def test_event_times_with_an_offset_are_kept_in_utc() -> None:
+    value = typed("PriceChanged", {"price": 1}, occurred_at="2026-11-28T15:00:01.250+01:00")
+    event = decode_record(b"1", value, 0)
+    assert event.occurred_at == AT
+    assert event.occurred_at.tzinfo is UTC

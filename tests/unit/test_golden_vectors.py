@@ -29,9 +29,8 @@ def fold_vector(
             dlq += 1
             continue
         assert folded.order_id is not None
-        if folded.changed:
-            assert folded.state is not None
-            stored[folded.order_id] = Stored(folded.state, offset)
+        if folded.stored is not None:
+            stored[folded.order_id] = folded.stored
         duplicates += folded.duplicates
         gaps += folded.gaps
     return stored, dlq, duplicates, gaps

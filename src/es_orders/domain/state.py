@@ -72,26 +72,29 @@ def _blank(event: Event) -> OrderState:
 
 
 def _apply(state: OrderState, event: Event) -> OrderState:
+    # One replace per event: this runs once for every event the system folds.
+    at, version = event.occurred_at, event.version
     match event:
         case OrderCreated():
-            state = replace(
+            return replace(
                 state,
                 user_id=event.user_id,
                 product_id=event.product_id,
                 quantity=event.quantity,
                 price=event.price,
+                version=version,
+                updated_at=at,
             )
         case PriceChanged():
-            state = replace(state, price=event.price)
+            return replace(state, price=event.price, version=version, updated_at=at)
         case QuantityChanged():
-            state = replace(state, quantity=event.quantity)
+            return replace(state, quantity=event.quantity, version=version, updated_at=at)
         case ProductChanged():
-            state = replace(state, product_id=event.product_id)
+            return replace(state, product_id=event.product_id, version=version, updated_at=at)
         case OrderCancelled():
-            state = replace(state, status=OrderStatus.CANCELLED)
+            return replace(state, status=OrderStatus.CANCELLED, version=version, updated_at=at)
         case _:
             assert_never(event)
-    return replace(state, version=event.version, updated_at=event.occurred_at)
 
 
 def evolve(state: OrderState | None, event: Event) -> Evolved:

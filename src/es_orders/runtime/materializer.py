@@ -73,6 +73,16 @@ class Counters(msgspec.Struct):
     last_checkpoint_at: float = 0.0
 
 
+def _consumer_event(message: Message, error: KafkaError, at_end: list[int]) -> None:
+    """An event in the consumer's stream: the end of a partition, or an error."""
+    if error.code() == KafkaError._PARTITION_EOF:
+        at_end.append(position_of(message)[0])
+    elif error.fatal():
+        raise ReplicationError(f"fatal consumer error: {error}")
+    else:
+        log.warning("consumer error=%s", error)
+
+
 class Materializer:
     """Runs the fold loop on the calling thread (``run``) until ``stop`` is called."""
 
@@ -286,32 +296,34 @@ class Materializer:
     # -- the batch -----------------------------------------------------------------
 
     def _process(self, batch: list[Message]) -> None:
+        """Fold a batch, replicate and checkpoint it. The loop is the hot path: per record
+        it does only what the fold needs, counters and lookups are hoisted out of it."""
+        started = time.time()
         replicator, consumer = self._replicator, self._consumer
         assert replicator is not None and consumer is not None
-        changed: dict[int, dict[str, Stored]] = {}
+        changed: dict[str, tuple[int, Stored]] = {}
         last: dict[int, int] = {}
         at_end: list[int] = []
         counters = self.counters
-        dead = 0
+        partitions = self._partitions
+        consumed = dead = replayed = duplicates = 0
+        number, part = -1, None
         for message in batch:
             error = message.error()
             if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    at_end.append(position_of(message)[0])
-                elif error.fatal():
-                    raise ReplicationError(f"fatal consumer error: {error}")
-                else:
-                    log.warning("consumer error=%s", error)
+                _consumer_event(message, error, at_end)
                 continue
-            number, offset = position_of(message)
-            part = self._partitions[number]
+            offset: int = message.offset()  # type: ignore[assignment,unused-ignore]
+            if message.partition() != number or part is None:
+                number, _ = position_of(message)
+                part = partitions[number]
             last[number] = offset
-            counters.consumed += 1
+            consumed += 1
             kind, timestamp = message.timestamp()
             folded = fold_record(
                 message.key(),
                 message.value(),
-                timestamp if kind else int(time.time() * 1000),
+                timestamp if kind else int(started * 1000),
                 offset,
                 part.stored_of,
             )
@@ -319,8 +331,8 @@ class Materializer:
                 replicator.dead_letter(message, str(folded.error))
                 dead += 1
                 continue
-            counters.replayed += folded.replayed
-            counters.duplicates += folded.duplicates
+            replayed += folded.replayed
+            duplicates += folded.duplicates
             if folded.gaps:
                 counters.gaps += folded.gaps
                 log.warning(
@@ -329,13 +341,18 @@ class Materializer:
                     number,
                     offset,
                 )
-            if folded.changed and folded.state is not None and folded.order_id is not None:
-                stored = Stored(folded.state, offset)
-                part.remember(folded.order_id, stored)
-                changed.setdefault(number, {})[folded.order_id] = stored
+            stored = folded.stored
+            if stored is not None:
+                part.remember(stored.state.id, stored)
+                changed[stored.state.id] = (number, stored)
         if last:
+            if not counters.first_record_at:
+                counters.first_record_at = started
             self._checkpoint(replicator, consumer, changed, last)
-            counters.dead_letters += dead
+        counters.consumed += consumed
+        counters.dead_letters += dead
+        counters.replayed += replayed
+        counters.duplicates += duplicates
         for number in at_end:
             part = self._partitions[number]
             if part.phase is not Phase.CAUGHT_UP:
@@ -346,20 +363,19 @@ class Materializer:
         self,
         replicator: Replicator,
         consumer: Consumer,
-        changed: dict[int, dict[str, Stored]],
+        changed: dict[str, tuple[int, Stored]],
         last: dict[int, int],
     ) -> None:
-        rows: dict[int, list[Row]] = {}
-        for number, orders in changed.items():
-            part_rows = rows[number] = []
-            for order_id, stored in orders.items():
-                payload = encode_state(stored.state)
-                part_rows.append((order_id, payload, stored.source_offset))
-                replicator.changelog(number, order_id, payload, stored.source_offset)
+        # One changelog record and one row per changed order, however often it changed.
+        rows: dict[int, list[Row]] = {number: [] for number in last}
+        for order_id, (number, stored) in changed.items():
+            rows[number].append((order_id, encode_state(stored.state), stored.source_offset))
+        for number, part_rows in rows.items():
+            replicator.changelog(number, part_rows)
         changelog_next = replicator.flush()
         for number, offset in last.items():
             part = self._partitions[number]
-            part.store.checkpoint(rows.get(number, ()), offset + 1, changelog_next.get(number))
+            part.store.checkpoint(rows[number], offset + 1, changelog_next.get(number))
             part.consumed = offset + 1
         written = sum(len(r) for r in rows.values())
         self.counters.changed += written

@@ -29,16 +29,16 @@ class _Acks:
     errors: list[str] = field(default_factory=list)
     changelog_next: dict[int, int] = field(default_factory=dict)
 
-    def on_changelog(self, error: KafkaError | None, message: Message) -> None:
+    def on_ack(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self.errors.append(str(error))
+
+    def on_last_changelog(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self.errors.append(str(error))
             return
         partition, offset = position_of(message)
         self.changelog_next[partition] = max(self.changelog_next.get(partition, 0), offset + 1)
-
-    def on_dead_letter(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            self.errors.append(str(error))
 
 
 class Replicator:
@@ -52,25 +52,27 @@ class Replicator:
         self._dlq_topic = dlq_topic
         self._acks = _Acks()
 
-    def changelog(self, partition: int, order_id: str, state: bytes, source_offset: int) -> None:
-        headers: Headers = [(SOURCE_OFFSET_HEADER, str(source_offset).encode())]
-        self._produce(
-            self._changelog_topic,
-            order_id.encode(),
-            state,
-            headers,
-            self._acks.on_changelog,
-            partition,
-        )
+    def changelog(self, partition: int, rows: list[tuple[str, bytes, int]]) -> None:
+        """Produce (order id, state, source offset) rows to one changelog partition.
+
+        Only the last record's delivery report records its offset (where the next restore
+        starts): the idempotent producer delivers a partition's records in order, and a
+        Python callback per record costs more than the rest of the record's replication.
+        """
+        on_ack, last = self._acks.on_ack, len(rows) - 1
+        for n, (order_id, state, source_offset) in enumerate(rows):
+            headers: Headers = [(SOURCE_OFFSET_HEADER, str(source_offset).encode())]
+            on_delivery = on_ack if n < last else self._acks.on_last_changelog
+            self._produce(
+                self._changelog_topic, order_id.encode(), state, headers, on_delivery, partition
+            )
 
     def dead_letter(self, message: Message, error: str) -> None:
         partition, offset = position_of(message)
         source = f"{message.topic()}/{partition}/{offset}"
         log.warning("dead letter source=%s error=%s", source, error)
         headers = [*header_list(message), ("error", error.encode()), ("source", source.encode())]
-        self._produce(
-            self._dlq_topic, message.key(), message.value(), headers, self._acks.on_dead_letter
-        )
+        self._produce(self._dlq_topic, message.key(), message.value(), headers, self._acks.on_ack)
 
     def flush(self, timeout: float = 60) -> dict[int, int]:
         """Wait for every record; return, per partition, the changelog offset after the last."""
