@@ -10,9 +10,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from es_orders.codec import state_to_dict
 from es_orders.kafka.admin import TopicSpec, ensure_topics
+from es_orders.projection import Stored, fold_record
 from es_orders.runtime.materializer import Materializer, MaterializerConfig
-from tests.vectors import VectorRecord
+from tests.vectors import VectorRecord, normalize_state
 
 
 def create_topics(kafka_config: dict[str, Any], prefix: str, partitions: int = 3) -> dict[str, str]:
@@ -123,3 +125,13 @@ class RunningMaterializer:
                 return
             time.sleep(0.05)
         raise AssertionError(f"condition not met in {timeout} s: {self.materializer.readiness()}")
+
+
+def expected_fold(records: list[VectorRecord]) -> dict[str, dict[str, Any]]:
+    """The fold of every record exactly once, in log order per key (per partition)."""
+    stored: dict[str, Stored] = {}
+    for offset, record in enumerate(records):
+        folded = fold_record(record.key, record.value, record.timestamp_ms, offset, stored.get)
+        if folded.stored is not None:
+            stored[folded.stored.state.id] = folded.stored
+    return {oid: normalize_state(state_to_dict(s.state)) for oid, s in stored.items()}

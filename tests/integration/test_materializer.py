@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from es_orders.runtime.view import MaterializedView
+from es_orders.workload import encoded, order_events
 from tests.integration.runtime_support import (
     RunningMaterializer,
     create_topics,
+    expected_fold,
     materializer_config,
     produce,
     read_all,
@@ -111,3 +113,41 @@ def test_vectors_fold_restore_and_dead_letters(
         assert view_states(view) == expected_states
         assert running.materializer.counters.restored_records == len(changelog)
         assert running.materializer.counters.consumed == 0
+
+
+def test_partitions_move_between_instances_through_the_changelog(
+    kafka_config: dict[str, Any], topic_prefix: str, tmp_path: Path
+) -> None:
+    topics = create_topics(kafka_config, topic_prefix)
+    events = [VectorRecord(k, v, {}, 0) for k, v in encoded(order_events(600, 12_000, seed=5))]
+    first, second = events[:6_000], events[6_000:]
+    group = f"{topic_prefix}-g"
+    config_a = materializer_config(kafka_config, topics, tmp_path / "a", group)
+    config_b = materializer_config(kafka_config, topics, tmp_path / "b", group)
+    produce(kafka_config, topics["events"], first)
+
+    def complete(view: MaterializedView, records: list[VectorRecord]) -> bool:
+        return view.readiness().ready and view_states(view) == expected_fold(records)
+
+    with RunningMaterializer(config_a) as a:
+        view_a = MaterializedView(a.materializer)
+        a.wait_until(lambda: complete(view_a, first))
+        with RunningMaterializer(config_b) as b:
+            view_b = MaterializedView(b.materializer)
+            b.wait_until(lambda: len(b.materializer.readable) > 0 and view_b.readiness().ready)
+            a.wait_until(lambda: len(a.materializer.readable) < 3 and view_a.readiness().ready)
+            # B took its partitions over from A's changelog, not from the events.
+            assert b.materializer.counters.restored_records > 0
+            assert b.materializer.counters.consumed == 0
+            produce(kafka_config, topics["events"], second)
+            b.wait_until(lambda: b.materializer.counters.consumed > 0)
+            a.wait_until(
+                lambda: {**view_states(view_a), **view_states(view_b)} == expected_fold(events)
+            )
+            # Each instance answers for the partitions it holds, and only for those.
+            assert set(view_states(view_a)).isdisjoint(view_states(view_b))
+        # B left: A gets every partition back and brings its stale copy up to date from
+        # the changelog tail B wrote, without folding B's events again.
+        consumed_before = a.materializer.counters.consumed
+        a.wait_until(lambda: len(a.materializer.readable) == 3 and complete(view_a, events))
+        assert a.materializer.counters.consumed == consumed_before

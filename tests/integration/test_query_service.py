@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 
-from es_orders.codec import state_to_dict
 from es_orders.devbroker import DevBroker
-from es_orders.projection import Stored, fold_record
 from es_orders.workload import encoded, order_events
 from tests.integration.processes import ServiceProcess, service_env
-from tests.integration.runtime_support import create_topics, produce, read_all
+from tests.integration.runtime_support import create_topics, expected_fold, produce, read_all
 from tests.integration.test_materializer import all_vectors
 from tests.vectors import VectorRecord, normalize_state
 
@@ -106,16 +104,6 @@ def mixed_workload(orders: int, events: int) -> list[VectorRecord]:
             rng.randrange(len(records)), VectorRecord(b"o0000001", b"not json %d" % n, {}, 0)
         )
     return records
-
-
-def expected_fold(records: list[VectorRecord]) -> dict[str, dict[str, Any]]:
-    """The fold of every record exactly once, in log order per key (per partition)."""
-    stored: dict[str, Stored] = {}
-    for offset, record in enumerate(records):
-        folded = fold_record(record.key, record.value, record.timestamp_ms, offset, stored.get)
-        if folded.stored is not None:
-            stored[folded.stored.state.id] = folded.stored
-    return {oid: normalize_state(state_to_dict(s.state)) for oid, s in stored.items()}
 
 
 def consumed_positions(state_dir: Path) -> dict[str, int]:
