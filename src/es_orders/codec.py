@@ -46,30 +46,33 @@ _Price = Annotated[int, msgspec.Meta(ge=MIN_PRICE, le=MAX_INT)]
 _Instant = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class _CreatedData(msgspec.Struct):
+class _CreatedData(msgspec.Struct, gc=False):
     user_id: _Id
     product_id: _Id
     quantity: _Quantity
     price: _Price
 
 
-class _PriceData(msgspec.Struct):
+class _PriceData(msgspec.Struct, gc=False):
     price: _Price
 
 
-class _QuantityData(msgspec.Struct):
+class _QuantityData(msgspec.Struct, gc=False):
     quantity: _Quantity
 
 
-class _ProductData(msgspec.Struct):
+class _ProductData(msgspec.Struct, gc=False):
     product_id: _Id
 
 
-class _CancelledData(msgspec.Struct):
+class _CancelledData(msgspec.Struct, gc=False):
     reason: _Text
 
 
-class _Envelope(msgspec.Struct, tag_field="type"):
+# gc=False: these hold only strings, numbers and each other, never a cycle; untracked,
+# the hundreds of thousands decoded per second no longer trigger collections that
+# otherwise take half the decoding time.
+class _Envelope(msgspec.Struct, tag_field="type", gc=False):
     event_id: _Id
     order_id: _Id
     version: _Version
@@ -77,30 +80,30 @@ class _Envelope(msgspec.Struct, tag_field="type"):
     schema_version: Literal[1]
 
 
-class _CreatedWire(_Envelope, tag="OrderCreated"):
+class _CreatedWire(_Envelope, tag="OrderCreated", gc=False):
     data: _CreatedData
 
 
-class _PriceWire(_Envelope, tag="PriceChanged"):
+class _PriceWire(_Envelope, tag="PriceChanged", gc=False):
     data: _PriceData
 
 
-class _QuantityWire(_Envelope, tag="QuantityChanged"):
+class _QuantityWire(_Envelope, tag="QuantityChanged", gc=False):
     data: _QuantityData
 
 
-class _ProductWire(_Envelope, tag="ProductChanged"):
+class _ProductWire(_Envelope, tag="ProductChanged", gc=False):
     data: _ProductData
 
 
-class _CancelledWire(_Envelope, tag="OrderCancelled"):
+class _CancelledWire(_Envelope, tag="OrderCancelled", gc=False):
     data: _CancelledData
 
 
 _Wire = _CreatedWire | _PriceWire | _QuantityWire | _ProductWire | _CancelledWire
 
 
-class _LegacyWire(msgspec.Struct):
+class _LegacyWire(msgspec.Struct, gc=False):
     id: _Id
     userId: _Id | None = None  # noqa: N815 - the legacy field name
     productId: _Id | None = None  # noqa: N815 - the legacy field name
@@ -108,7 +111,7 @@ class _LegacyWire(msgspec.Struct):
     price: _Price | None = None
 
 
-class _StateWire(msgspec.Struct):
+class _StateWire(msgspec.Struct, gc=False):
     id: _Id
     user_id: str | None
     product_id: str | None

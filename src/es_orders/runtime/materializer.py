@@ -52,7 +52,10 @@ class MaterializerConfig:
     group_id: str
     state_dir: Path
     kafka: dict[str, Any]  # bootstrap servers and pass-through librdkafka settings
-    max_batch: int = 10_000
+    # Records folded per batch at most. A batch is whatever the consumer has ready, so light
+    # load keeps batches (and latency) small; under a backlog, large batches spread the
+    # per-batch costs (flush, SQLite commit) and replicate each changed order once.
+    max_batch: int = 50_000
 
 
 class Counters(msgspec.Struct):
