@@ -22,6 +22,15 @@ BootstrapOption = Annotated[
     str | None,
     typer.Option("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]."),
 ]
+RateOption = Annotated[
+    float | None,
+    typer.Option(
+        "--rate", min=0.0, help="Simulated commands a second (default 1; 0 or --no-simulate: off)."
+    ),
+]
+SimulateOption = Annotated[
+    bool, typer.Option("--simulate/--no-simulate", help="Run the built-in order simulator.")
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -79,6 +88,98 @@ def query(
     except EsOrdersError as exc:
         typer.echo(f"es-orders query: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def command(
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8886).")] = None,
+    bootstrap_servers: BootstrapOption = None,
+    rate: RateOption = None,
+    simulate: SimulateOption = True,
+) -> None:
+    """Run the command service: validate commands, append order events, simulate traffic."""
+    from es_orders.command.service import run_command_service
+
+    settings = _settings(
+        command_port=port, bootstrap_servers=bootstrap_servers, simulator_rate=rate
+    )
+    try:
+        _exit(
+            run_command_service(
+                settings, simulator_rate=settings.simulator_rate if simulate else 0.0
+            )
+        )
+    except EsOrdersError as exc:
+        typer.echo(f"es-orders command: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def up(
+    kafka_port: Annotated[
+        int, typer.Option(help="Port of the dev broker (unless --bootstrap-servers).")
+    ] = 9092,
+    command_port: Annotated[int | None, typer.Option(help="Command service port (8886).")] = None,
+    query_port: Annotated[int | None, typer.Option(help="Query service port (8887).")] = None,
+    rate: RateOption = None,
+    simulate: SimulateOption = True,
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(
+            "--bootstrap-servers", help="Use this running Kafka instead of starting a dev broker."
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local state stores (with the dev broker: where its per-run directory goes)."
+        ),
+    ] = None,
+) -> None:
+    """Run everything: the dev broker, the command service with its simulator, the query service."""
+    from es_orders.supervisor import UpOptions, run_up
+
+    settings = _settings(
+        command_port=command_port,
+        query_port=query_port,
+        bootstrap_servers=bootstrap_servers,
+        simulator_rate=rate,
+        state_dir=state_dir,
+    )
+    options = UpOptions(
+        settings=settings,
+        simulator_rate=settings.simulator_rate if simulate else 0.0,
+        kafka_port=None if bootstrap_servers else kafka_port,
+        state_parent=state_dir,
+    )
+    _exit(run_up(options))
+
+
+@app.command()
+def bench(
+    events: Annotated[int | None, typer.Option(help="Events to fold (300,000).")] = None,
+    orders: Annotated[int | None, typer.Option(help="Orders they belong to (10,000).")] = None,
+    restore_orders: Annotated[
+        int | None, typer.Option(help="Orders in the changelog to restore (100,000).")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(help="Length of each latency measure (5 s).")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="A tiny run, as a smoke test.")] = False,
+    output: Annotated[Path, typer.Option(help="Where to write the figures.")] = Path(
+        "bench-results.json"
+    ),
+) -> None:
+    """Benchmark fold, restore and latencies on a fresh dev broker, next to quixstreams."""
+    from es_orders.bench.run import bench_options, run_bench
+
+    try:
+        options = bench_options(
+            quick, events=events, orders=orders, restore_orders=restore_orders, seconds=seconds
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    _exit(run_bench(options, output))
 
 
 def main() -> None:

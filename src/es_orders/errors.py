@@ -8,7 +8,8 @@ so no ``KafkaException`` or ``sqlite3.Error`` leaks past the module that caused 
     EsOrdersError
     ├── BrokerError          a Kafka broker cannot be started, reached, or refused a request
     ├── TopicConfigError     a topic cannot be created, or exists with a shape we cannot use
-    └── CodecError           (es_orders.codec) a record that is not a valid event or state
+    ├── CodecError           (es_orders.codec) a record that is not a valid event or state
+    └── BenchError           a benchmark phase cannot run or its services misbehave
 
 Add a subclass here, and to this tree, when a new kind of failure needs its own handling.
 """
@@ -26,3 +27,7 @@ class BrokerError(EsOrdersError):
 
 class TopicConfigError(EsOrdersError):
     """A topic cannot be created, or exists with a shape es-orders cannot use."""
+
+
+class BenchError(EsOrdersError):
+    """A benchmark phase cannot run: a service it started failed, or a wait timed out."""

@@ -64,6 +64,10 @@ class AckedProducer:
         timeout_ms = int(config.get("message.timeout.ms", DEFAULT_MESSAGE_TIMEOUT_MS))
         self.message_timeout = timeout_ms / 1000
         self._stop = threading.Event()
+        # Held while producing and while closing, so that every record is either queued
+        # before the final flush (which serves its report) or refused: none waits forever.
+        self._closing = threading.Lock()
+        self._closed = False
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -83,18 +87,21 @@ class AckedProducer:
                 future.set_result(Delivered(*position_of(message)))
 
         deadline = time.monotonic() + self.message_timeout
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-            except BufferError:
-                # The local queue is full: the poll loop drains it as acknowledgements come.
-                if time.monotonic() > deadline:
-                    raise DeliveryError("the producer queue stayed full") from None
-                time.sleep(0.001)
-            except KafkaException as exc:
-                raise DeliveryError(f"cannot produce to {topic}: {exc}") from exc
-            else:
-                return future
+        with self._closing:
+            if self._closed:
+                raise DeliveryError("the producer is stopping")
+            while True:
+                try:
+                    self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                except BufferError:
+                    # The local queue is full: serve reports until acknowledgements free it.
+                    if time.monotonic() > deadline:
+                        raise DeliveryError("the producer queue stayed full") from None
+                    self._producer.poll(0.001)
+                except KafkaException as exc:
+                    raise DeliveryError(f"cannot produce to {topic}: {exc}") from exc
+                else:
+                    return future
 
     def run(self) -> None:
         """Serve delivery reports until ``stop``; then wait for what is still in flight."""
@@ -105,6 +112,8 @@ class AckedProducer:
                     # An idempotent producer with a fatal error can send nothing more.
                     raise BrokerError(f"the producer failed: {self._fatal}")
         finally:
+            with self._closing:
+                self._closed = True
             left = self._producer.flush(self.message_timeout)
             if left:
                 log.warning("producer stopped with records unacknowledged count=%s", left)

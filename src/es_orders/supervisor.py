@@ -1,0 +1,258 @@
+"""``es-orders up``: the dev broker, the command service and the query service, as one.
+
+The services run as child processes (``python -m es_orders command`` / ``query``), each
+in a session of its own, so a terminal's Ctrl-C reaches only this supervisor, which then
+stops everything in order: the services first (they still flush records and leave their
+consumer groups), the broker last. Any part that exits on its own takes the rest down
+with it and makes ``up`` exit non-zero: half a system that looks alive is worse than none.
+
+The dev broker keeps its data in memory, so each run starts from empty topics. Local
+state stores from an earlier run would describe another history of those topics; with
+the dev broker, the services therefore get a fresh state directory, removed at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import httpx
+
+from es_orders.config import Settings
+from es_orders.devbroker import DevBroker
+from es_orders.errors import BrokerError, EsOrdersError
+
+log = logging.getLogger(__name__)
+
+_POLL_INTERVAL = 0.25
+_STOP_TIMEOUT = 20.0  # a service may wait this long for in-flight acknowledgements
+_WAITING_REPORT_INTERVAL = 15.0
+
+
+class SupervisorError(EsOrdersError):
+    """Something keeps ``up`` from starting or running; the message says what, for a person."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    settings: Settings
+    simulator_rate: float
+    kafka_port: int | None  # start a dev broker on it; None: use settings.bootstrap_servers
+    state_parent: Path | None = None  # with the dev broker: where the per-run dir goes
+
+
+class _Service:
+    def __init__(self, name: str, process: subprocess.Popen[bytes], url: str) -> None:
+        self.name = name
+        self.process = process
+        self.url = url
+
+
+def _client_host(host: str) -> str:
+    return "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _check_ports(options: UpOptions) -> None:
+    settings = options.settings
+    wanted = {"command service": settings.command_port, "query service": settings.query_port}
+    if settings.command_port == settings.query_port:
+        raise SupervisorError(f"the command and query ports are both {settings.command_port}")
+    for what, port in wanted.items():
+        if not _port_is_free(settings.host, port):
+            raise SupervisorError(f"port {port} for the {what} is taken on {settings.host}")
+
+
+class _Services:
+    """The child processes, stopped together."""
+
+    def __init__(self) -> None:
+        self.running: list[_Service] = []
+        self.clean = True  # every service that was stopped exited with code 0
+
+    def start(self, name: str, subcommand: str, env: dict[str, str], url: str) -> None:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "es_orders", subcommand],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # our Ctrl-C is ours to pass on, in order
+        )
+        log.info("started %s pid=%s", name, process.pid)
+        self.running.append(_Service(name, process, url))
+
+    def first_exited(self) -> _Service | None:
+        return next((s for s in self.running if s.process.poll() is not None), None)
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """SIGTERM every service, SIGKILL what is left after ``timeout``; sets ``clean``."""
+        for service in self.running:
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for service in self.running:
+            try:
+                service.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"es-orders up: the {service.name} did not stop; killing it", file=sys.stderr)
+                service.process.kill()
+                service.process.wait()
+            if service.process.returncode != 0:
+                self.clean = False
+                log.warning("%s exited returncode=%s", service.name, service.process.returncode)
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _banner(options: UpOptions, services: _Services, bootstrap: str) -> str:
+    lines = ["", "es-orders is up:"]
+    for service in services.running:
+        lines.append(f"  {service.name:<16} {service.url}   (API docs: {service.url}/docs)")
+    kind = "dev broker, in memory" if options.kafka_port is not None else "external"
+    lines.append(f"  {'kafka':<16} {bootstrap}   ({kind})")
+    rate = options.simulator_rate
+    lines.append(f"  {'simulator':<16} {f'{rate:g} command(s)/s' if rate > 0 else 'off'}")
+    lines.append("Ctrl-C to stop.")
+    return "\n".join(lines)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("stopping signal=%s", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch(
+    options: UpOptions,
+    services: _Services,
+    broker: DevBroker | None,
+    bootstrap: str,
+    stop: threading.Event,
+) -> None:
+    """Wait for readiness, print the banner, then watch every part until ``stop``."""
+    waiting_since = last_report = time.monotonic()
+    ready = False
+    while not stop.wait(_POLL_INTERVAL):
+        dead = services.first_exited()
+        if dead is not None:
+            raise SupervisorError(
+                f"the {dead.name} exited on its own with code {dead.process.returncode}"
+            )
+        if broker is not None and not broker.running:
+            raise SupervisorError(
+                f"the dev broker exited on its own with code {broker.returncode}; "
+                f"its log {broker.log_path} ends with:\n{broker.log_tail()}"
+            )
+        if ready:
+            continue
+        ready = all(_is_ready(s.url) for s in services.running)
+        if ready:
+            print(_banner(options, services, bootstrap), flush=True)
+        elif time.monotonic() - last_report > _WAITING_REPORT_INTERVAL:
+            last_report = time.monotonic()
+            log.info("still waiting for readiness seconds=%.0f", last_report - waiting_since)
+
+
+def _child_env(options: UpOptions, bootstrap: str, state_dir: Path) -> dict[str, str]:
+    settings = options.settings
+    return {
+        **os.environ,
+        "ES_ORDERS_BOOTSTRAP_SERVERS": bootstrap,
+        "ES_ORDERS_STATE_DIR": str(state_dir),
+        "ES_ORDERS_HOST": settings.host,
+        "ES_ORDERS_COMMAND_PORT": str(settings.command_port),
+        "ES_ORDERS_QUERY_PORT": str(settings.query_port),
+        "ES_ORDERS_SIMULATOR_RATE": str(options.simulator_rate),
+        "ES_ORDERS_LOG_LEVEL": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+    }
+
+
+def _start_everything(
+    options: UpOptions, services: _Services, stack: ExitStack, stop: threading.Event
+) -> tuple[DevBroker | None, str]:
+    """Start the broker (if ours) and the services; ``stack`` undoes it all in reverse."""
+    settings = options.settings
+    broker: DevBroker | None = None
+    bootstrap, state_dir = settings.bootstrap_servers, settings.state_dir
+    if options.kafka_port is not None:
+        try:
+            broker = DevBroker.start(options.kafka_port)
+        except BrokerError as exc:
+            raise SupervisorError(str(exc)) from exc
+        stack.callback(broker.stop)
+        bootstrap = broker.bootstrap_servers
+        if options.state_parent is not None:
+            options.state_parent.mkdir(parents=True, exist_ok=True)
+        state_dir = Path(tempfile.mkdtemp(prefix="es-orders-dev-", dir=options.state_parent))
+        stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
+    stack.callback(services.stop)
+    if stop.is_set():
+        return broker, bootstrap
+    env = _child_env(options, bootstrap, state_dir)
+    host = _client_host(settings.host)
+    services.start("command service", "command", env, f"http://{host}:{settings.command_port}")
+    services.start("query service", "query", env, f"http://{host}:{settings.query_port}")
+    log.info("state_dir=%s bootstrap_servers=%s", state_dir, bootstrap)
+    return broker, bootstrap
+
+
+def run_up(options: UpOptions) -> int:
+    """Run everything until SIGINT/SIGTERM (0) or until a part fails (1). Main thread only."""
+    stop = threading.Event()
+    services = _Services()
+    # Readiness polls would otherwise log a line each at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with _stop_on_signals(stop):
+        try:
+            _check_ports(options)
+            with ExitStack() as stack:  # on the way out: the services, state dir, broker
+                try:
+                    broker, bootstrap = _start_everything(options, services, stack, stop)
+                    _watch(options, services, broker, bootstrap, stop)
+                except SupervisorError as exc:
+                    rest = "; stopping the rest" if services.running else ""
+                    print(f"es-orders up: {exc}{rest}", file=sys.stderr, flush=True)
+                    return 1
+                print("Stopping es-orders...", flush=True)
+        except SupervisorError as exc:
+            print(f"es-orders up: {exc}", file=sys.stderr, flush=True)
+            return 1
+    if not services.clean:
+        print("es-orders up: a service did not stop cleanly (see above)", file=sys.stderr)
+        return 1
+    print("Stopped.", flush=True)
+    return 0

@@ -1,0 +1,116 @@
+"""``es-orders up``: everything starts, answers, and stops without leaving a process behind.
+
+These runs start a dev broker of their own (on a free port), not the session broker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from es_orders.devbroker import free_port
+from tests.integration.service_support import ServiceProcess, child_pids, process_exists
+
+pytestmark = pytest.mark.integration
+
+
+class Up(ServiceProcess):
+    def __init__(self, tmp_path: Path, *args: str, query_port: int | None = None) -> None:
+        self.command_port, self.query_port = free_port(), query_port or free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
+        super().__init__(
+            [
+                "up",
+                "--kafka-port",
+                str(free_port()),
+                "--command-port",
+                str(self.command_port),
+                "--query-port",
+                str(self.query_port),
+                "--state-dir",
+                str(tmp_path / "state"),
+                *args,
+            ],
+            {**env, "ES_ORDERS_LOG_LEVEL": "INFO"},
+            tmp_path / "up.log",
+        )
+
+    def wait_up(self) -> set[int]:
+        """Wait for the banner; the PIDs of the broker and the two services."""
+        deadline = time.monotonic() + 90
+        while "es-orders is up" not in self.log_tail(100_000):
+            assert self.process.poll() is None, self.log_tail()
+            assert time.monotonic() < deadline, self.log_tail()
+            time.sleep(0.1)
+        children = child_pids(self.pid)
+        assert len(children) == 3, (children, self.log_tail())
+        return children
+
+    def state_dir(self) -> Path:
+        found = re.search(r"state_dir=(\S+)", self.log_tail(100_000))
+        assert found is not None, self.log_tail()
+        return Path(found.group(1))
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    process = Up(tmp_path, "--rate", "5")
+    yield process
+    process.stop(timeout=60)
+
+
+def test_up_serves_the_demo_and_stops_on_sigterm(up: Up) -> None:
+    children = up.wait_up()
+    state_dir = up.state_dir()
+    assert state_dir.is_dir()
+
+    # The README's first step: the simulator's order "1" shows in the query service.
+    deadline = time.monotonic() + 30
+    while httpx.get(f"http://127.0.0.1:{up.query_port}/orders/1").status_code != 200:
+        assert time.monotonic() < deadline, up.log_tail()
+        time.sleep(0.2)
+    assert httpx.get(f"http://127.0.0.1:{up.command_port}/docs").status_code == 200
+
+    started = time.monotonic()
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(60) == 0, up.log_tail()
+    assert time.monotonic() - started < 30
+    assert not [pid for pid in children if process_exists(pid)]
+    assert not state_dir.exists()  # a dev broker run leaves no state behind
+    assert "Stopped." in up.log_tail()
+
+
+def test_up_stops_everything_when_a_service_dies(up: Up) -> None:
+    children = up.wait_up()
+    query = next(
+        pid
+        for pid in children
+        if b" query" in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    )
+    os.kill(query, signal.SIGKILL)
+    try:
+        code = up.process.wait(60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"up did not stop after a service died:\n{up.log_tail()}")
+    assert code == 1
+    assert "the query service exited on its own" in up.log_tail()
+    assert not [pid for pid in children if process_exists(pid)]
+
+
+def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        up = Up(tmp_path, query_port=taken.getsockname()[1])
+        assert up.process.wait(30) == 1
+    assert f"port {up.query_port} for the query service is taken" in up.log_tail()
+    assert "dev broker" not in up.log_tail()
