@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from es_orders.command.adapters import KafkaEventLog, ViewStates, owns_every_partition
 from es_orders.command.api import create_command_app
 from es_orders.command.handler import CommandHandler, OverlayPruner
 from es_orders.command.simulator import Simulator
 from es_orders.config import Settings
-from es_orders.kafka.admin import TopicSpec, ensure_topics, topic_specs
+from es_orders.kafka.admin import ensure_topics, topic_specs
 from es_orders.kafka.producer import AckedProducer
 from es_orders.runtime.materializer import Materializer, MaterializerConfig
 from es_orders.runtime.view import MaterializedView
@@ -22,28 +21,14 @@ log = logging.getLogger(__name__)
 _ACK_MARGIN = 5.0
 
 
-def command_dlq_topic(settings: Settings) -> str:
-    """Where the command view puts the records it cannot fold.
-
-    Not the shared dead letter topic: the query service already sends each poison record
-    there, and a second copy from this view would break "each lands there once".
-    """
-    return f"{settings.events_topic}-command-dlq"
-
-
-def command_topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The shared topics, plus the command view's own dead letters (configured alike)."""
-    specs = topic_specs(settings)
-    dead_letters = next(spec for spec in specs if spec.name == settings.dlq_topic)
-    return [*specs, replace(dead_letters, name=command_dlq_topic(settings))]
-
-
 def command_materializer_config(settings: Settings) -> MaterializerConfig:
     """The command side's view: its own group and changelog, so it never shares state."""
     return MaterializerConfig(
         source_topic=settings.events_topic,
         changelog_topic=settings.command_state_topic,
-        dlq_topic=command_dlq_topic(settings),
+        # The query service dead-letters what cannot be folded; a second copy from this
+        # view would break "each poison record lands in the dead letter topic once".
+        dlq_topic=None,
         group_id=settings.command_application_id,
         state_dir=settings.state_dir,
         kafka=settings.kafka_config(),
@@ -55,7 +40,7 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
 
     ``simulator_rate`` commands a second come from the built-in simulator (0: none).
     """
-    ensure_topics(settings.kafka_config(), command_topic_specs(settings))
+    ensure_topics(settings.kafka_config(), topic_specs(settings))
     materializer = Materializer(command_materializer_config(settings))
     producer = AckedProducer(settings.kafka_config())
     readiness = owns_every_partition(

@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 class MaterializerConfig:
     source_topic: str
     changelog_topic: str
-    dlq_topic: str
+    # None: records that cannot be folded are logged and counted, not dead-lettered,
+    # because another materializer of the same topic (the query service) owns them.
+    dlq_topic: str | None
     group_id: str
     state_dir: Path
     kafka: dict[str, Any]  # bootstrap servers and pass-through librdkafka settings

@@ -44,7 +44,7 @@ class _Acks:
 class Replicator:
     """One idempotent producer (acks=all) for a materializer's changelog and dead letters."""
 
-    def __init__(self, config: dict[str, Any], changelog_topic: str, dlq_topic: str) -> None:
+    def __init__(self, config: dict[str, Any], changelog_topic: str, dlq_topic: str | None) -> None:
         self._producer = Producer(
             {"linger.ms": 5, **config, "enable.idempotence": True, "acks": "all"}
         )
@@ -70,6 +70,9 @@ class Replicator:
     def dead_letter(self, message: Message, error: str) -> None:
         partition, offset = position_of(message)
         source = f"{message.topic()}/{partition}/{offset}"
+        if self._dlq_topic is None:
+            log.warning("skipped a record that cannot be folded source=%s error=%s", source, error)
+            return
         log.warning("dead letter source=%s error=%s", source, error)
         headers = [*header_list(message), ("error", error.encode()), ("source", source.encode())]
         self._produce(self._dlq_topic, message.key(), message.value(), headers, self._acks.on_ack)
