@@ -61,6 +61,7 @@ class AssignedPartition:
         self.store.close()
         remove_store_files(self.path)
         self.store = PartitionStore(self.path)
+        self.reader = StoreReader(self.path)  # connections to the removed file would go stale
         self._rows.clear()
 
     def close(self) -> None:

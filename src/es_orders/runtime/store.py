@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,20 +123,26 @@ class PartitionStore:
 
 
 class StoreReader:
-    """Read-only access for HTTP threads: one connection per call, so threads never share one."""
+    """Read-only access for HTTP threads: each thread keeps its own connection (opening
+    one costs more than the read), and never shares it with another thread."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _connect(self.path, readonly=True)
+        return db
 
     def get(self, order_id: str) -> bytes | None:
-        with closing(_connect(self.path, readonly=True)) as db:
-            row = db.execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
+        row = self._db().execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        with closing(_connect(self.path, readonly=True)) as db:
-            rows = db.execute(
-                "SELECT id, state FROM orders WHERE id > ? ORDER BY id LIMIT ?",
-                (after if after is not None else "", limit),
-            ).fetchall()
+        rows = self._db().execute(
+            "SELECT id, state FROM orders WHERE id > ? ORDER BY id LIMIT ?",
+            (after if after is not None else "", limit),
+        ).fetchall()
         return [(order_id, bytes(state)) for order_id, state in rows]
