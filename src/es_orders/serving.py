@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ def serve(
 ) -> int:
     """Serve ``app`` and run ``workers`` until SIGINT/SIGTERM or a failure; 0 or 1."""
     outcome = _Outcome()
+    # The fold loop holds the GIL most of the time; a thread that wants it waits up to
+    # the switch interval (5 ms by default) for each hand-over. A request needs a few,
+    # so a shorter interval is what keeps reads fast while the loop is busy.
+    sys.setswitchinterval(0.0005)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
