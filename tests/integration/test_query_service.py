@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -107,31 +108,39 @@ def mixed_workload(orders: int, events: int) -> list[VectorRecord]:
 
 
 def consumed_positions(state_dir: Path) -> dict[str, int]:
+    """Each local store's checkpointed position (0 before its first checkpoint)."""
     positions = {}
     for path in state_dir.rglob("*.sqlite"):
-        with sqlite3.connect(path) as db:
-            row = db.execute("SELECT value FROM meta WHERE key = 'consumed'").fetchone()
-        positions[path.name] = row[0] if row else -1
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+                row = db.execute("SELECT value FROM meta WHERE key = 'consumed'").fetchone()
+        except sqlite3.OperationalError:  # created but not yet initialized
+            row = None
+        positions[path.name] = row[0] if row else 0
     return positions
 
 
 def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     kafka_config: dict[str, Any], topics: dict[str, str], start_query: Any, tmp_path: Path
 ) -> None:
-    records = mixed_workload(orders=2_000, events=40_000)
+    records = mixed_workload(orders=2_000, events=60_000)
     produce(kafka_config, topics["events"], records)
     expected = expected_fold(records)
     state_dir = tmp_path / "state"
     rng = random.Random(11)
     interrupted_midway = 0
 
-    for _ in range(4):  # killed while folding, at random moments
+    # Killed while folding, at random points of its progress: the fold is fast, so the
+    # moment is chosen by watching the checkpointed positions, not by a timer.
+    for _ in range(4):
         query = start_query()
         query.wait_for_log("partition ready to fold")
-        time.sleep(rng.uniform(0.0, 0.6))
+        done = sum(consumed_positions(state_dir).values())
+        target = done + rng.uniform(0.05, 0.5) * (len(records) - done)
+        while sum(consumed_positions(state_dir).values()) < target:
+            time.sleep(0.005)
         query.kill9()
-        positions = consumed_positions(state_dir)
-        interrupted_midway += sum(positions.values()) < len(records)
+        interrupted_midway += sum(consumed_positions(state_dir).values()) < len(records)
 
     # Killed during restore: without local files the whole changelog is read. The restore
     # is quick, so a kill can come too late: try until one lands inside it.
