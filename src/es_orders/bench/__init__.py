@@ -1,0 +1,14 @@
+"""``es-orders bench``: the figures issue 5 asks for, side by side with quixstreams.
+
+One run starts a fresh dev broker and, each on topics of its own, measures:
+
+- fold throughput of the query service (``fold``), workload produced before it starts;
+- restore from the changelog with the state directory deleted, and a warm restart
+  (``restore``);
+- GET latency at a fixed open-loop rate while the service folds (``interactive``);
+- command-to-visible latency through the command and query services (``interactive``);
+- the same fold and restore with a quixstreams application (``quix`` runs ``quix_app``).
+
+Every process it starts is a child in a session of its own, stopped by PID when its phase
+ends or fails; all traffic stays on 127.0.0.1.
+"""

@@ -1,0 +1,222 @@
+"""The processes a benchmark starts: es-orders services and the quixstreams baseline.
+
+Each runs in a session of its own, so a Ctrl-C in the terminal reaches only the bench,
+which then stops its children by PID (services first, the broker last) from its
+``finally`` blocks. Output goes to a log file, never a pipe nobody reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import httpx
+
+from es_orders.devbroker import LOOPBACK, free_port
+from es_orders.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+_POLL = 0.02
+_STATS_EVERY = 0.2
+# The services log with logging's default asctime: local time, milliseconds after a comma.
+_LOGGED_AT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", re.MULTILINE)
+_RESTORED = re.compile(r"partition restored partition=(\d+) records=(\d+) seconds=([\d.]+)")
+
+
+class ChildProcess:
+    """A process started by the bench, output in ``log_path``; ``stop`` it (or use ``with``)."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        # Wall clock, comparable with the timestamps services report in logs and /stats.
+        self.started_at = time.time()
+        self.process = subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.info("started name=%s pid=%s log=%s", name, self.process.pid, log_path)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        """Raise ``BenchError`` with the tail of the log if the process has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise BenchError(
+                f"{self.name} (pid {self.pid}) exited with code {code}; its log "
+                f"{self.log_path} ends with:\n{self.log_text()[-3000:]}"
+            )
+
+    def wait_for(
+        self, what: str, check: Callable[[], bool], timeout: float, every: float = _POLL
+    ) -> float:
+        """Poll ``check`` until true; the wall-clock time it first was. Bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive()
+            if check():
+                return time.time()
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"{self.name}: {what} not reached within {timeout:g} s; its log "
+                    f"{self.log_path} ends with:\n{self.log_text()[-3000:]}"
+                )
+            time.sleep(every)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (SIGKILL after ``timeout``); the exit code. Safe to repeat."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("killing name=%s pid=%s: no exit after SIGTERM", self.name, self.pid)
+                self.process.kill()
+                self.process.wait(10)
+            log.info("stopped name=%s pid=%s code=%s", self.name, self.pid, self.returncode)
+        self._close()
+        return self.returncode
+
+    @property
+    def returncode(self) -> int:
+        code = self.process.poll()
+        return -1 if code is None else code
+
+    def _close(self) -> None:
+        self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def service_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """Our environment without ES_ORDERS_* (the bench names every topic), plus ``settings_env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
+    env.update(settings_env)
+    return env
+
+
+class ServiceProcess(ChildProcess):
+    """``es-orders <command> --port P`` on a free loopback port, with an HTTP client."""
+
+    def __init__(
+        self, command: str, env: dict[str, str], log_path: Path, extra_args: Sequence[str] = ()
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        argv = [sys.executable, "-c", "from es_orders.cli import main; main()", command]
+        super().__init__(command, [*argv, "--port", str(self.port), *extra_args], env, log_path)
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def stats(self) -> dict[str, Any]:
+        response = self.client.get("/stats")
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def _answers(self, path: str) -> bool:
+        try:
+            return self.client.get(path).status_code == 200
+        except httpx.TransportError:
+            return False  # not listening yet
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Wait for GET /health/ready to answer 200; the wall-clock time it did."""
+        return self.wait_for("readiness", lambda: self._answers("/health/ready"), timeout)
+
+    def wait_listening(self, timeout: float = 60.0) -> float:
+        return self.wait_for("HTTP", lambda: self._answers("/health/live"), timeout)
+
+    def wait_stats(
+        self,
+        what: str,
+        check: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        every: float = _STATS_EVERY,
+    ) -> dict[str, Any]:
+        """Poll /stats until ``check`` holds; those stats.
+
+        Seldom by default: every request takes the service's GIL from the fold it measures.
+        """
+        seen: dict[str, Any] = {}
+
+        def poll() -> bool:
+            nonlocal seen
+            try:
+                seen = self.stats()
+            except httpx.TransportError:
+                return False
+            return check(seen)
+
+        self.wait_for(what, poll, timeout, every)
+        return seen
+
+    def _close(self) -> None:
+        self.client.close()
+        super()._close()
+
+
+@contextmanager
+def stopping(*children: ChildProcess) -> Iterator[None]:
+    """Stop ``children`` (in reverse order) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreLog:
+    """What a query service logged about its start: when it was assigned, what it restored."""
+
+    assigned_at: float | None
+    restore_seconds: float  # the slowest partition's restore
+    restored_records: int
+
+
+def read_restore_log(text: str) -> RestoreLog:
+    assigned_at = None
+    for line in text.splitlines():
+        if "partitions assigned" in line:
+            assigned_at = _logged_at(line)
+            break
+    restored = [(int(r), float(s)) for _p, r, s in _RESTORED.findall(text)]
+    return RestoreLog(
+        assigned_at,
+        max((seconds for _r, seconds in restored), default=0.0),
+        sum(records for records, _s in restored),
+    )
+
+
+def _logged_at(line: str) -> float | None:
+    match = _LOGGED_AT.match(line)
+    if match is None:
+        return None
+    moment = time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
+    return time.mktime(moment) + int(match.group(2)) / 1000

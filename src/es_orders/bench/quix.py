@@ -1,0 +1,119 @@
+"""The quixstreams baseline on the same broker and data: its fold and its restore.
+
+The app (``quix_app``) runs as a child process with a consumer group and state directory
+of its own; topics, its changelog included, are created here with explicit configs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from es_orders.bench.children import ChildProcess, service_env, stopping
+from es_orders.bench.context import Bench
+from es_orders.bench.topics import TopicSet, create_quix_changelog, produce_to, sentinel_records
+from es_orders.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+
+class QuixProcess(ChildProcess):
+    """``python -m es_orders.bench.quix_app`` and the status file it keeps."""
+
+    def __init__(self, bench: Bench, topics: TopicSet, group: str, state_dir: Path, name: str):
+        self.status_path = bench.work_dir / f"{name}.status.json"
+        self.status_path.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "es_orders.bench.quix_app"]
+        argv += ["--bootstrap-servers", bench.bootstrap_servers, "--topic", topics.events]
+        argv += ["--group", group, "--state-dir", str(state_dir), "--status", str(self.status_path)]
+        super().__init__(name, argv, service_env({}), bench.work_dir / f"{name}.log")
+
+    def status(self) -> dict[str, Any]:
+        try:
+            status: dict[str, Any] = json.loads(self.status_path.read_text())
+        except FileNotFoundError:
+            return {}
+        return status
+
+    def wait_status(
+        self, what: str, check: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> dict[str, Any]:
+        self.wait_for(what, lambda: check(self.status()), timeout, every=0.05)
+        return self.status()
+
+
+def measure_quix_fold(bench: Bench, topics: TopicSet, events: int) -> None:
+    """Fold the fold phase's events; throughput from first to last message processed.
+
+    quixstreams commits every 5 s (its default) while it processes; the last commit,
+    after the last message, is outside this window, unlike es-orders' last checkpoint.
+    """
+    group = f"bench-{bench.run_id}-quix-fold"
+    create_quix_changelog(bench.bootstrap_servers, topics, group)
+    app = QuixProcess(bench, topics, group, bench.work_dir / "quix-fold-state", "quix-fold")
+    with stopping(app):
+        status = app.wait_status(
+            "all events processed",
+            lambda s: s.get("processed", 0) >= events,
+            bench.wait_seconds(events),
+        )
+    seconds = status["last_at"] - status["first_at"]
+    if seconds <= 0:
+        raise BenchError(f"the fold of {events} events took no measurable time: use more")
+    rate = status["processed"] / seconds
+    log.info("quixstreams fold measured events=%d seconds=%.2f rate=%.0f", events, seconds, rate)
+    bench.results.figures["quix.fold.events_per_s"] = rate
+    bench.results.details.update(
+        {
+            "quix.fold.events": status["processed"],
+            "quix.fold.seconds": seconds,
+            "quix.fold.start_to_first_record_s": status["first_at"] - app.started_at,
+            "quix.fold.dead_letters": status["dead_letters"],
+        }
+    )
+
+
+def measure_quix_restore(bench: Bench, topics: TopicSet) -> None:
+    """Fold the restore phase's orders, then delete the state directory and restart.
+
+    Recovery is timed from quixstreams' own log ("Beginning recovery check" to "Recovery
+    process complete"); ready is when a sentinel record, produced to every partition
+    right after the restart, has been processed (data partitions stay paused until
+    recovery ends), counted from process start like es-orders' time to ready.
+    """
+    orders = bench.options.restore_orders
+    group = f"bench-{bench.run_id}-quix-restore"
+    state_dir = bench.work_dir / "quix-restore-state"
+    create_quix_changelog(bench.bootstrap_servers, topics, group)
+    builder = QuixProcess(bench, topics, group, state_dir, "quix-restore-build")
+    with stopping(builder):
+        builder.wait_status(
+            "the changelog built",
+            lambda s: s.get("processed", 0) >= orders,
+            bench.wait_seconds(orders),
+        )
+    shutil.rmtree(state_dir)
+    app = QuixProcess(bench, topics, group, state_dir, "quix-restore")
+    with stopping(app):
+        records = sentinel_records(topics.partitions)
+        produce_to(bench.bootstrap_servers, topics.events, records)
+        status = app.wait_status(
+            "sentinels processed",
+            lambda s: s.get("sentinels", 0) >= topics.partitions,
+            bench.wait_seconds(orders),
+        )
+    started, completed = status["recovery_started_at"], status["recovery_completed_at"]
+    if not started or not completed:
+        bench.results.note("quixstreams logged no recovery after its state dir was deleted")
+    figures = {
+        "quix.restore.recovery_s": completed - started,
+        "quix.restore.ready_s": status["sentinel_at"] - app.started_at,
+    }
+    bench.results.figures.update(figures)
+    bench.results.details["quix.restore.recovery_began_after_s"] = started - app.started_at
+    log.info("quixstreams restore measured %s", figures)

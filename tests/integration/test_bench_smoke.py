@@ -1,0 +1,61 @@
+"""``es-orders bench --quick`` end to end: every phase runs and reports every figure.
+
+No timing assertions: the figures depend on the machine. What must hold anywhere is
+that each measure came out (a positive number), the restarts restored instead of
+replaying, no request failed, and the last line is the one scripts grep for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from es_orders.bench.context import BenchOptions
+from es_orders.bench.report import FIGURES
+
+pytestmark = pytest.mark.integration
+
+LAST_LINE = re.compile(r"fold throughput: (\d+) events/s, (\d+\.\d)x quixstreams")
+
+
+def test_quick_bench_reports_every_figure_and_the_summary_line(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
+    cli = [sys.executable, "-c", "from es_orders.cli import main; main()"]
+    completed = subprocess.run(
+        [*cli, "bench", "--quick", "--output", str(output)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=280,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+
+    document = json.loads(output.read_text())
+    figures = document["figures"]
+    assert document["error"] is None
+    assert sorted(figures) == sorted(f.key for f in FIGURES)
+    not_positive = {k: v for k, v in figures.items() if not (isinstance(v, int | float) and v > 0)}
+    assert not not_positive
+
+    details = document["details"]
+    assert figures["restore.cold.restored_records"] == BenchOptions.quick().restore_orders
+    assert details["restore.cold.consumed"] == 0
+    assert details["restore.warm.consumed"] == 0
+    for phase in ("latency.by_id", "latency.list", "command.visible"):
+        assert details[f"{phase}.errors"] == 0
+        assert details[f"{phase}.requests"] > 0
+
+    last = completed.stdout.strip().splitlines()[-1]
+    match = LAST_LINE.fullmatch(last)
+    assert match is not None, last
+    assert int(match.group(1)) == round(figures["fold.events_per_s"])
+    assert match.group(2) == f"{figures['fold.vs_quixstreams']:.1f}"
