@@ -141,7 +141,8 @@ class StoreReader:
         return None if row is None else bytes(row[0])
 
     def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        rows = self._db().execute(
+        db = self._db()
+        rows = db.execute(
             "SELECT id, state FROM orders WHERE id > ? ORDER BY id LIMIT ?",
             (after if after is not None else "", limit),
         ).fetchall()
