@@ -102,6 +102,37 @@ class Service(ServiceProcess):
     def wait_ready(self, timeout: float = 60) -> None:
         self.wait_for(f"{self.url}/health/ready", timeout)
 
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", params=params, timeout=10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        """Wait until the service logs ``text``; fail with the log if it exits first."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            if self.process.poll() is not None:
+                raise AssertionError(f"exited with {self.process.returncode}:\n{self.log_tail()}")
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{self.log_tail()}"
+            time.sleep(0.02)
+
+    def kill9(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def all_orders(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Walk GET /orders by its Link headers: every order, in id order."""
+        orders: list[dict[str, Any]] = []
+        response = self.get("/orders", limit=limit)
+        while True:
+            assert response.status_code == 200, response.text
+            orders += response.json()
+            link = response.links.get("next")
+            if link is None:
+                return orders
+            response = httpx.get(f"{self.url}{link['url']}", timeout=10)
+
 
 def events_of(kafka_config: dict[str, Any], topic: str) -> dict[str, list[Event]]:
     """Every event of the topic, decoded (a record that is no typed event fails the test)."""

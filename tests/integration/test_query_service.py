@@ -16,8 +16,8 @@ import pytest
 
 from es_orders.devbroker import DevBroker
 from es_orders.workload import encoded, order_events
-from tests.integration.processes import ServiceProcess, service_env
 from tests.integration.runtime_support import create_topics, expected_fold, produce, read_all
+from tests.integration.service_support import Service, service_env
 from tests.integration.test_materializer import all_vectors
 from tests.vectors import VectorRecord, normalize_state
 
@@ -34,12 +34,20 @@ def start_query(
     broker: DevBroker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
 ) -> Iterator[Any]:
     """Start ``es-orders query`` processes; each is stopped at the end of the test."""
-    started: list[ServiceProcess] = []
-    env = service_env(broker.bootstrap_servers, topics, tmp_path / "state",
-                      ES_ORDERS_APPLICATION_ID=f"{topic_prefix}-app")  # fmt: skip
+    started: list[Service] = []
+    assert topics["events"] == f"{topic_prefix}-events"  # the names service_env gives
+    env = service_env(
+        broker.bootstrap_servers,
+        topic_prefix,
+        tmp_path / "state",
+        # A killed member holds its partitions until its session times out: keep it short
+        # so restarts rejoin quickly (the dev broker's join takes half of it).
+        ES_ORDERS_KAFKA__SESSION_TIMEOUT_MS="3000",
+        ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
+    )
 
-    def start() -> ServiceProcess:
-        service = ServiceProcess("query", env, tmp_path / f"query-{len(started)}.log")
+    def start() -> Service:
+        service = Service("query", env, tmp_path)
         started.append(service)
         return service
 
@@ -80,7 +88,7 @@ def test_vectors_over_http_with_paging_etags_and_problems(
     dead = read_all(kafka_config, topics["dlq"])
     assert len(dead) == dlq
     assert all({"error", "source"} <= dict(m.headers()).keys() for m in dead)
-    assert query.terminate() == 0
+    assert query.stop() == 0
     assert "partitions revoked" in query.log_text()
 
 
@@ -158,7 +166,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     query.wait_ready(timeout=120)
     assert by_id(query.all_orders()) == expected
     assert interrupted_midway >= 1, "no kill landed while the service was folding"
-    assert query.terminate() == 0
+    assert query.stop() == 0
 
 
 def test_ready_only_after_assignment_restore_and_catch_up(
