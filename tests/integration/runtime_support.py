@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from es_orders.codec import state_to_dict
 from es_orders.kafka.admin import TopicSpec, ensure_topics
 from es_orders.projection import Stored, fold_record
-from es_orders.runtime.materializer import Materializer, MaterializerConfig
+from es_orders.runtime.clients import MaterializerConfig
+from es_orders.runtime.materializer import Materializer
 from tests.vectors import VectorRecord, normalize_state
 
 

@@ -11,7 +11,8 @@ from es_orders.command.simulator import Simulator
 from es_orders.config import Settings
 from es_orders.kafka.admin import ensure_topics, topic_specs
 from es_orders.kafka.producer import AckedProducer
-from es_orders.runtime.materializer import Materializer, MaterializerConfig
+from es_orders.runtime.clients import MaterializerConfig
+from es_orders.runtime.materializer import Materializer
 from es_orders.runtime.view import MaterializedView
 from es_orders.serving import Worker, serve
 

@@ -7,7 +7,8 @@ import logging
 from es_orders.config import Settings
 from es_orders.kafka.admin import ensure_topics, topic_specs
 from es_orders.query.api import create_query_app
-from es_orders.runtime.materializer import Materializer, MaterializerConfig
+from es_orders.runtime.clients import MaterializerConfig
+from es_orders.runtime.materializer import Materializer
 from es_orders.runtime.view import MaterializedView
 from es_orders.serving import serve
 

@@ -16,14 +16,9 @@ A crash anywhere replays at most the last batch, and the replay changes nothing.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import msgspec
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -35,6 +30,7 @@ from confluent_kafka import (
 from es_orders.codec import encode_state
 from es_orders.kafka.records import position_of
 from es_orders.projection import Stored, fold_record
+from es_orders.runtime.clients import Counters, MaterializerConfig, open_clients
 from es_orders.runtime.partition import AssignedPartition, Phase, store_path
 from es_orders.runtime.replication import ReplicationError, Replicator
 from es_orders.runtime.restore import LocalStoreAheadError, restore_partitions
@@ -42,40 +38,6 @@ from es_orders.runtime.store import Row
 from es_orders.runtime.views import Readiness
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class MaterializerConfig:
-    source_topic: str
-    changelog_topic: str
-    # None: records that cannot be folded are logged and counted, not dead-lettered,
-    # because another materializer of the same topic (the query service) owns them.
-    dlq_topic: str | None
-    group_id: str
-    state_dir: Path
-    kafka: dict[str, Any]  # bootstrap servers and pass-through librdkafka settings
-    # Records folded per batch at most. A batch is whatever the consumer has ready, so light
-    # load keeps batches (and latency) small; under a backlog, large batches spread the
-    # per-batch costs (flush, SQLite commit) and replicate each changed order once.
-    max_batch: int = 50_000
-
-
-class Counters(msgspec.Struct):
-    """What the materializer did since it started; read by HTTP threads, written by one."""
-
-    consumed: int = 0
-    changed: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    replayed: int = 0
-    dead_letters: int = 0
-    changelog_records: int = 0
-    restored_records: int = 0
-    batches: int = 0
-    # Wall-clock seconds of the first record consumed and the last batch checkpointed:
-    # (last - first) over ``consumed`` is the fold throughput a benchmark reads.
-    first_record_at: float = 0.0
-    last_checkpoint_at: float = 0.0
 
 
 def _consumer_event(message: Message, error: KafkaError, at_end: list[int]) -> None:
@@ -108,55 +70,14 @@ class Materializer:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def _client_config(self) -> dict[str, Any]:
-        client_id = f"{self.config.group_id}-{socket.gethostname()}"
-        # Defaults first, then the user's pass-through settings, then what correctness needs.
-        return {"client.id": client_id, **self.config.kafka}
-
-    def _open_clients(self) -> None:
-        base = self._client_config()
-        # The dev broker's first group join takes session.timeout.ms / 2: keep it short.
-        # A fetch with nothing new waits fetch.wait.max.ms on the broker (500 by default),
-        # and the dev broker holds it that long even when records arrive meanwhile: at 20
-        # a new event is folded within tens of milliseconds, for a few idle fetches more.
-        consumer_defaults = {
-            "session.timeout.ms": 6000,
-            "heartbeat.interval.ms": 1000,
-            "fetch.wait.max.ms": 20,
-        }
-        self._consumer = Consumer(
-            {
-                **consumer_defaults,
-                **base,
-                "group.id": self.config.group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
-            }
-        )
-        self._restorer = Consumer(
-            {
-                **base,
-                # An empty fetch waits this long on the broker: restore reads to the end.
-                "fetch.wait.max.ms": 10,
-                "group.id": f"{self.config.group_id}-restore",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-                # A store position past the changelog's end must fail loudly, not reset.
-                "auto.offset.reset": "error",
-            }
-        )
-        self._replicator = Replicator(base, self.config.changelog_topic, self.config.dlq_topic)
-
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
         """Consume, fold, replicate and checkpoint until ``stop``; then leave the group."""
-        self._open_clients()
-        consumer = self._consumer
-        assert consumer is not None
+        clients = open_clients(self.config)
+        self._consumer, self._restorer, self._replicator = clients
+        consumer = clients.consumer
         consumer.subscribe(
             [self.config.source_topic],
             on_assign=self._on_assign,
