@@ -6,10 +6,21 @@ libraries wrap their exceptions in one of these (``raise BrokerError(...) from e
 so no ``KafkaException`` or ``sqlite3.Error`` leaks past the module that caused it.
 
     EsOrdersError
-    ├── BrokerError          a Kafka broker cannot be started, reached, or refused a request
-    ├── TopicConfigError     a topic cannot be created, or exists with a shape we cannot use
-    ├── CodecError           (es_orders.codec) a record that is not a valid event or state
-    └── BenchError           a benchmark phase cannot run or its services misbehave
+    ├── BrokerError            a Kafka broker cannot be started, reached, or refused a request
+    │   └── DeliveryError      (kafka.producer) the broker did not acknowledge an event
+    ├── TopicConfigError       a topic cannot be created, or exists with a shape we cannot use
+    ├── CodecError             (codec) a record that is not a valid event or state
+    ├── ReplicationError       (runtime.replication) changelog or dead letters not acknowledged
+    ├── StoreError             (runtime.store) a local state store cannot be read or written
+    ├── CommandUnavailableError  (command.errors) a command cannot be taken now: HTTP 503
+    │   ├── NotReadyError        the view is still restoring or catching up
+    │   ├── AppendError          the event was not acknowledged in time
+    │   └── OrderInDoubtError    an unacknowledged event of the order may still appear
+    ├── SupervisorError        (supervisor) ``es-orders up`` could not start or keep a part
+    └── BenchError             a benchmark phase cannot run or its services misbehave
+
+Kept apart on purpose: ``domain.DomainError`` (a command the order's rules refuse: an
+answer to a client, in the pure domain) and ``http.ProblemError`` (an HTTP answer).
 
 Add a subclass here, and to this tree, when a new kind of failure needs its own handling.
 """
