@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
+from es_orders import codec
 from es_orders.codec import (
     CodecError,
     LegacyUpdate,
@@ -171,3 +172,7 @@ def test_event_times_with_an_offset_are_kept_in_utc() -> None:
     event = decode_record(b"1", value, 0)
     assert event.occurred_at == AT
     assert event.occurred_at.tzinfo is UTC
+
+
+def test_every_wire_type_has_a_domain_event() -> None:
+    assert set(codec._TO_EVENT) == set(get_args(codec._Wire))
