@@ -15,6 +15,8 @@ import msgspec
 from es_orders.codec import CodecError, LegacyUpdate, decode_record, upcast
 from es_orders.domain import OrderState, Outcome, evolve
 
+_DUPLICATE, _GAP = Outcome.DUPLICATE, Outcome.GAP  # class attribute reads are slow in 3.11
+
 
 class Stored(msgspec.Struct, frozen=True, gc=False):
     """An order's state as a store holds it, with the offset of the last event folded in."""
@@ -59,10 +61,10 @@ def fold_record(
     state, duplicates, gaps = before, 0, 0
     for event in events:
         evolved = evolve(state, event)
-        if evolved.outcome is Outcome.DUPLICATE:
+        if evolved.outcome is _DUPLICATE:
             duplicates += 1
             continue
-        gaps += evolved.outcome is Outcome.GAP
+        gaps += evolved.outcome is _GAP
         state = evolved.state
     stored = None if state is before or state is None else Stored(state, offset)
     return RecordFolded(decoded.order_id, state, stored, duplicates, gaps)

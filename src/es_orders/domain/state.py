@@ -51,6 +51,11 @@ class Outcome(enum.Enum):
     GAP = "gap"
 
 
+# Module-level aliases: reading an Enum member through its class costs ~0.1 us on
+# Python 3.11, and evolve runs once for every event folded.
+_APPLIED, _DUPLICATE, _GAP = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.GAP
+
+
 class Evolved(msgspec.Struct, frozen=True, gc=False):
     state: OrderState
     outcome: Outcome
@@ -101,8 +106,8 @@ def evolve(state: OrderState | None, event: Event) -> Evolved:
     """Apply one event to the state of its order (None: not seen yet)."""
     current = state if state is not None else _blank(event)
     if event.version <= current.version:
-        return Evolved(current, Outcome.DUPLICATE)
-    outcome = Outcome.GAP if event.version > current.version + 1 else Outcome.APPLIED
+        return Evolved(current, _DUPLICATE)
+    outcome = _GAP if event.version > current.version + 1 else _APPLIED
     return Evolved(_apply(current, event), outcome)
 
 
@@ -118,6 +123,6 @@ def fold(events: Iterable[Event], state: OrderState | None = None) -> FoldResult
     for event in events:
         evolved = evolve(state, event)
         state = evolved.state
-        duplicates += evolved.outcome is Outcome.DUPLICATE
-        gaps += evolved.outcome is Outcome.GAP
+        duplicates += evolved.outcome is _DUPLICATE
+        gaps += evolved.outcome is _GAP
     return FoldResult(state, duplicates, gaps)
