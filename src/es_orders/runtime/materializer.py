@@ -266,6 +266,8 @@ class Materializer:
             if message.partition() != number or part is None:
                 number, _ = position_of(message)
                 part = partitions[number]
+                # Bound once per run of a partition's records, not once per record.
+                stored_of, remember = part.stored_of, part.remember
             last[number] = offset
             consumed += 1
             kind, timestamp = message.timestamp()
@@ -274,7 +276,7 @@ class Materializer:
                 message.value(),
                 timestamp if kind else int(started * 1000),
                 offset,
-                part.stored_of,
+                stored_of,
             )
             if folded.error is not None:
                 replicator.dead_letter(message, str(folded.error))
@@ -292,8 +294,9 @@ class Materializer:
                 )
             stored = folded.stored
             if stored is not None:
-                part.remember(stored.state.id, stored)
-                changed[stored.state.id] = (number, stored)
+                order_id = stored.state.id
+                remember(order_id, stored)
+                changed[order_id] = (number, stored)
         if last:
             if not counters.first_record_at:
                 counters.first_record_at = started
