@@ -84,7 +84,7 @@ class DevBroker:
 
     @classmethod
     def _launch(cls, port: int, timeout: float, log_path: Path | None) -> DevBroker:
-        if not _nothing_listens_on(port):
+        if not port_is_free(port):
             raise _PortTakenError(
                 f"cannot start the dev broker: port {port} on {LOOPBACK} is taken "
                 "(another broker still running or exiting? choose another port)"
@@ -245,13 +245,14 @@ def _spawn(port: int, cluster_id: str, log_path: Path) -> subprocess.Popen[bytes
         raise BrokerError(f"cannot run the Tansu broker binary {binary}: {exc}") from exc
 
 
-def _nothing_listens_on(port: int) -> bool:
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether nothing listens on ``host:port``, so a server can bind it now."""
     with socket.socket() as sock:
-        # Tansu binds with SO_REUSEADDR as well, so connections lingering in TIME_WAIT
-        # do not block it; only a listening socket does, and that is what we detect.
+        # Servers here bind with SO_REUSEADDR as well, so connections lingering in
+        # TIME_WAIT do not block them; only a listening socket does, and that we detect.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((LOOPBACK, port))
+            sock.bind((host, port))
         except OSError:
             return False
         return True

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from types import FrameType
 import httpx
 
 from es_orders.config import Settings
-from es_orders.devbroker import DevBroker
+from es_orders.devbroker import DevBroker, port_is_free
 from es_orders.errors import BrokerError, EsOrdersError
 
 log = logging.getLogger(__name__)
@@ -65,23 +64,13 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host
 
 
-def _port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
 def _check_ports(options: UpOptions) -> None:
     settings = options.settings
     wanted = {"command service": settings.command_port, "query service": settings.query_port}
     if settings.command_port == settings.query_port:
         raise SupervisorError(f"the command and query ports are both {settings.command_port}")
     for what, port in wanted.items():
-        if not _port_is_free(settings.host, port):
+        if not port_is_free(port, settings.host):
             raise SupervisorError(f"port {port} for the {what} is taken on {settings.host}")
 
 
