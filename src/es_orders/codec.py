@@ -334,6 +334,23 @@ def encode_state(state: OrderState) -> bytes:
     return _encoder.encode(state)
 
 
+class _Versioned(msgspec.Struct, gc=False):
+    """The one member of an order state an ETag needs; the rest is skipped unparsed."""
+
+    version: int
+
+
+_version_decoder = msgspec.json.Decoder(_Versioned)
+
+
+def state_version(state: bytes) -> int:
+    """The ``version`` of order-state JSON, without decoding the rest of it."""
+    try:
+        return _version_decoder.decode(state).version
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise CodecError(f"invalid order state: {exc}") from None
+
+
 def decode_state(value: bytes) -> OrderState:
     """An order state from the changelog or the local store."""
     try:

@@ -176,3 +176,10 @@ def test_event_times_with_an_offset_are_kept_in_utc() -> None:
 
 def test_every_wire_type_has_a_domain_event() -> None:
     assert set(codec._TO_EVENT) == set(get_args(codec._Wire))
+
+
+def test_the_version_of_a_state_is_read_without_the_rest() -> None:
+    state = OrderState("9", None, None, None, 5, OrderStatus.OPEN, 7, AT, AT)
+    assert codec.state_version(encode_state(state)) == 7
+    with pytest.raises(CodecError, match="invalid order state"):
+        codec.state_version(b'{"id": "9"}')

@@ -11,11 +11,11 @@ from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-import msgspec
 from fastapi import FastAPI, Header, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from es_orders import __version__
+from es_orders.codec import state_version
 from es_orders.http import ProblemError, install_problem_handlers, problem_responses, problem_type
 from es_orders.runtime.views import OrderView
 
@@ -53,20 +53,6 @@ class ReadyModel(BaseModel):
     partitions: dict[int, str] = Field(
         description="State of each assigned partition, by partition number."
     )
-
-
-class _Versioned(msgspec.Struct):
-    """The one member of an order state the ETag needs; the rest is skipped unparsed."""
-
-    version: int
-
-
-_version_decoder = msgspec.json.Decoder(_Versioned)
-
-
-def state_version(state: bytes) -> int:
-    """The ``version`` of an order-state JSON document."""
-    return _version_decoder.decode(state).version
 
 
 def _etag(version: int) -> str:
