@@ -8,13 +8,13 @@ import pytest
 
 from es_orders.command.problems import (
     NOT_ACKNOWLEDGED_TYPE,
-    NOT_READY_TYPE,
     ORDER_CANCELLED_TYPE,
     ORDER_EXISTS_TYPE,
     ORDER_IN_DOUBT_TYPE,
     ORDER_NOT_FOUND_TYPE,
 )
 from es_orders.http import PROBLEM_MEDIA_TYPE, VALIDATION_ERROR_TYPE
+from es_orders.http.health import NOT_READY_TYPE
 from tests.unit.command_support import ORDER, ApiService, problem
 
 

@@ -42,7 +42,8 @@ from es_orders.domain import (
     OrderNotFoundError,
 )
 from es_orders.http import install_problem_handlers, problem_responses
-from es_orders.query.api import LiveModel, OrderStateModel, ReadyModel
+from es_orders.http.health import add_health_routes
+from es_orders.query.api import OrderStateModel
 
 JSON_MEDIA_TYPE = "application/json"
 IfMatch = Annotated[
@@ -186,21 +187,9 @@ def _add_reads(app: FastAPI, handler: CommandHandler) -> None:
             headers={"ETag": _etag(state.version)},
         )
 
-    @app.get("/health/live", tags=["health"], summary="Liveness", response_model=LiveModel)
-    def live() -> LiveModel:
-        return LiveModel()
-
-    @app.get(
-        "/health/ready",
-        tags=["health"],
-        summary="Readiness: the view of every partition restored and caught up",
-        response_model=ReadyModel,
-        responses=problem_responses(503, 500),
+    add_health_routes(
+        app,
+        handler.readiness,
+        ready_summary="Readiness: the view of every partition restored and caught up",
+        not_ready_headers={"Retry-After": str(NotReadyError.retry_after)},
     )
-    def ready() -> ReadyModel:
-        readiness = handler.readiness()
-        if not readiness.ready:
-            problem = unavailable_problem(NotReadyError(readiness.waiting_for))
-            problem.extra["partitions"] = {str(p): s for p, s in readiness.partitions.items()}
-            raise problem
-        return ReadyModel(partitions=readiness.partitions)

@@ -32,12 +32,12 @@ from es_orders.domain import (
     VersionConflictError,
 )
 from es_orders.http import VALIDATION_ERROR_TYPE, ProblemError, problem_type
+from es_orders.http.health import NOT_READY_TYPE
 
 ORDER_NOT_FOUND_TYPE = problem_type("order-not-found")
 ORDER_EXISTS_TYPE = problem_type("order-exists")
 ORDER_CANCELLED_TYPE = problem_type("order-cancelled")
 VERSION_CONFLICT_TYPE = problem_type("version-conflict")
-NOT_READY_TYPE = problem_type("not-ready")
 NOT_ACKNOWLEDGED_TYPE = problem_type("write-not-acknowledged")
 ORDER_IN_DOUBT_TYPE = problem_type("order-in-doubt")
 UNAUTHORIZED_TYPE = problem_type("unauthorized")

@@ -17,13 +17,13 @@ from pydantic import BaseModel, Field
 from es_orders import __version__
 from es_orders.codec import state_version
 from es_orders.http import ProblemError, install_problem_handlers, problem_responses, problem_type
+from es_orders.http.health import add_health_routes
 from es_orders.runtime.views import OrderView
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 JSON_MEDIA_TYPE = "application/json"
 ORDER_NOT_FOUND_TYPE = problem_type("order-not-found")
-NOT_READY_TYPE = problem_type("not-ready")
 
 
 class OrderStateModel(BaseModel):
@@ -42,17 +42,6 @@ class OrderStateModel(BaseModel):
     version: int = Field(ge=1, description="Number of events folded into this state.")
     created_at: datetime
     updated_at: datetime
-
-
-class LiveModel(BaseModel):
-    status: Literal["live"] = "live"
-
-
-class ReadyModel(BaseModel):
-    status: Literal["ready"] = "ready"
-    partitions: dict[int, str] = Field(
-        description="State of each assigned partition, by partition number."
-    )
 
 
 def _etag(version: int) -> str:
@@ -150,32 +139,11 @@ def create_query_app(view: OrderView) -> FastAPI:
             return Response(status_code=304, headers={"ETag": etag})
         return Response(content=state, media_type=JSON_MEDIA_TYPE, headers={"ETag": etag})
 
-    @app.get("/health/live", tags=["health"], summary="Liveness", response_model=LiveModel)
-    async def live() -> LiveModel:
-        return LiveModel()
-
-    @app.get(
-        "/health/ready",
-        tags=["health"],
-        summary="Readiness: every assigned partition restored and caught up",
-        response_model=ReadyModel,
-        responses=problem_responses(503, 500),
+    add_health_routes(
+        app,
+        view.readiness,
+        ready_summary="Readiness: every assigned partition restored and caught up",
     )
-    async def ready() -> ReadyModel:
-        readiness = view.readiness()
-        if not readiness.ready:
-            waiting = ", ".join(readiness.waiting_for) or "an unnamed condition"
-            raise ProblemError(
-                503,
-                f"waiting for: {waiting}",
-                title="Not ready",
-                type=NOT_READY_TYPE,
-                extra={
-                    "waiting_for": list(readiness.waiting_for),
-                    "partitions": {str(p): s for p, s in readiness.partitions.items()},
-                },
-            )
-        return ReadyModel(partitions=readiness.partitions)
 
     @app.get("/stats", tags=["health"], summary="Counters of the fold since this process started")
     async def stats() -> dict[str, float]:
