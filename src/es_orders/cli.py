@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from es_orders.config import Settings
 from es_orders.errors import EsOrdersError
+
+if TYPE_CHECKING:
+    from es_orders.brokers import Engine
 
 app = typer.Typer(
     help="Event-sourced orders on Apache Kafka: command service, query service, dev broker.",
@@ -28,6 +32,18 @@ RateOption = Annotated[
         "--rate", min=0.0, help="Simulated commands a second (default 1; 0 or --no-simulate: off)."
     ),
 ]
+
+
+class EngineName(StrEnum):
+    AUTO = "auto"
+    KAFKA = "kafka"
+    TANSU = "tansu"
+
+
+EngineOption = Annotated[
+    EngineName,
+    typer.Option(help="auto: Apache Kafka where Java 17+ and its jars are at hand, else Tansu."),
+]
 SimulateOption = Annotated[
     bool, typer.Option("--simulate/--no-simulate", help="Run the built-in order simulator.")
 ]
@@ -42,6 +58,10 @@ def _settings(**overrides: Any) -> Settings:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise typer.BadParameter(problems) from None
+
+
+def _engine(name: EngineName) -> Engine:
+    return name.value
 
 
 def _exit(code: int) -> None:
@@ -63,12 +83,24 @@ def main_options(
 
 @app.command()
 def broker(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 9092,
+    engine: EngineOption = EngineName.AUTO,
+    port: Annotated[
+        int, typer.Option(help="Port on 127.0.0.1 (with --nodes 3: the first of three).")
+    ] = 9092,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep Kafka's data here across restarts (default: a temporary dir)."),
+    ] = None,
+    nodes: Annotated[
+        int, typer.Option(min=1, max=3, help="1, or 3 for a KRaft cluster (Kafka only).")
+    ] = 1,
 ) -> None:
-    """Run the in-memory dev broker (Tansu) until Ctrl-C."""
-    from es_orders.devbroker import run_broker_forever
+    """Run a broker on 127.0.0.1 until Ctrl-C: Apache Kafka, or Tansu without a JVM."""
+    from es_orders.brokers.foreground import run_broker_forever
 
-    _exit(run_broker_forever(port))
+    if nodes == 2:
+        raise typer.BadParameter("a cluster here has 1 or 3 nodes", param_hint="--nodes")
+    _exit(run_broker_forever(_engine(engine), port, nodes=nodes, data_dir=data_dir))
 
 
 @app.command()
@@ -116,9 +148,14 @@ def command(
 
 @app.command()
 def up(
+    engine: EngineOption = EngineName.AUTO,
     kafka_port: Annotated[
-        int, typer.Option(help="Port of the dev broker (unless --bootstrap-servers).")
+        int, typer.Option(help="Port of the broker it starts (unless --bootstrap-servers).")
     ] = 9092,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep Kafka's data here across runs (default: a temporary dir)."),
+    ] = None,
     command_port: Annotated[int | None, typer.Option(help="Command service port (8886).")] = None,
     query_port: Annotated[int | None, typer.Option(help="Query service port (8887).")] = None,
     rate: RateOption = None,
@@ -126,17 +163,17 @@ def up(
     bootstrap_servers: Annotated[
         str | None,
         typer.Option(
-            "--bootstrap-servers", help="Use this running Kafka instead of starting a dev broker."
+            "--bootstrap-servers", help="Use this running Kafka instead of starting a broker."
         ),
     ] = None,
     state_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Local state stores (with the dev broker: where its per-run directory goes)."
+            help="Local state stores (with a temporary broker: where its per-run dir goes)."
         ),
     ] = None,
 ) -> None:
-    """Run everything: the dev broker, the command service with its simulator, the query service."""
+    """Run everything: a broker, the command service with its simulator, the query service."""
     from es_orders.supervisor import UpOptions, run_up
 
     settings = _settings(
@@ -151,6 +188,8 @@ def up(
         simulator_rate=settings.simulator_rate if simulate else 0.0,
         kafka_port=None if bootstrap_servers else kafka_port,
         state_parent=state_dir,
+        engine=_engine(engine),
+        data_dir=data_dir,
     )
     _exit(run_up(options))
 
@@ -166,16 +205,24 @@ def bench(
         float | None, typer.Option(help="Length of each latency measure (5 s).")
     ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run, as a smoke test.")] = False,
+    engine: Annotated[
+        EngineName, typer.Option(help="The broker to measure on (auto: Kafka, else Tansu).")
+    ] = EngineName.KAFKA,
     output: Annotated[Path, typer.Option(help="Where to write the figures.")] = Path(
         "bench-results.json"
     ),
 ) -> None:
-    """Benchmark fold, restore and latencies on a fresh dev broker, next to quixstreams."""
+    """Benchmark fold, restore and latencies on a fresh broker, next to quixstreams."""
     from es_orders.bench.run import bench_options, run_bench
 
     try:
         options = bench_options(
-            quick, events=events, orders=orders, restore_orders=restore_orders, seconds=seconds
+            quick,
+            events=events,
+            orders=orders,
+            restore_orders=restore_orders,
+            seconds=seconds,
+            engine=_engine(engine),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

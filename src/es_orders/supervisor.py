@@ -1,4 +1,4 @@
-"""``es-orders up``: the dev broker, the command service and the query service, as one.
+"""``es-orders up``: a broker, the command service and the query service, as one.
 
 The services run as child processes (``python -m es_orders command`` / ``query``), each
 in a session of its own, so a terminal's Ctrl-C reaches only this supervisor, which then
@@ -6,9 +6,10 @@ stops everything in order: the services first (they still flush records and leav
 consumer groups), the broker last. Any part that exits on its own takes the rest down
 with it and makes ``up`` exit non-zero: half a system that looks alive is worse than none.
 
-The dev broker keeps its data in memory, so each run starts from empty topics. Local
-state stores from an earlier run would describe another history of those topics; with
-the dev broker, the services therefore get a fresh state directory, removed at exit.
+A broker it starts without ``--data-dir`` (Kafka in a temporary directory, or Tansu in
+memory) starts each run from empty topics. Local state stores from an earlier run would
+describe another history of those topics, so the services then get a fresh state
+directory, removed at exit. With ``--data-dir`` the topics survive, and so do the stores.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from types import FrameType
 
 import httpx
 
+from es_orders.brokers import Broker, Engine, choose_engine, port_is_free, start_broker
 from es_orders.config import Settings
-from es_orders.devbroker import DevBroker, port_is_free
 from es_orders.errors import BrokerError, EsOrdersError
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,10 @@ class SupervisorError(EsOrdersError):
 class UpOptions:
     settings: Settings
     simulator_rate: float
-    kafka_port: int | None  # start a dev broker on it; None: use settings.bootstrap_servers
-    state_parent: Path | None = None  # with the dev broker: where the per-run dir goes
+    kafka_port: int | None  # start a broker on it; None: use settings.bootstrap_servers
+    state_parent: Path | None = None  # with a temporary broker: where the per-run dir goes
+    engine: Engine = "auto"
+    data_dir: Path | None = None  # the started broker's data, kept across runs
 
 
 class _Service:
@@ -119,11 +122,11 @@ def _is_ready(url: str) -> bool:
         return False
 
 
-def _banner(options: UpOptions, services: _Services, bootstrap: str) -> str:
+def _banner(broker: Broker | None, options: UpOptions, services: _Services, bootstrap: str) -> str:
     lines = ["", "es-orders is up:"]
     for service in services.running:
         lines.append(f"  {service.name:<16} {service.url}   (API docs: {service.url}/docs)")
-    kind = "dev broker, in memory" if options.kafka_port is not None else "external"
+    kind = broker.describe() if broker is not None else "external"
     lines.append(f"  {'kafka':<16} {bootstrap}   ({kind})")
     rate = options.simulator_rate
     lines.append(f"  {'simulator':<16} {f'{rate:g} command(s)/s' if rate > 0 else 'off'}")
@@ -148,7 +151,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def _watch(
     options: UpOptions,
     services: _Services,
-    broker: DevBroker | None,
+    broker: Broker | None,
     bootstrap: str,
     stop: threading.Event,
 ) -> None:
@@ -162,15 +165,12 @@ def _watch(
                 f"the {dead.name} exited on its own with code {dead.process.returncode}"
             )
         if broker is not None and not broker.running:
-            raise SupervisorError(
-                f"the dev broker exited on its own with code {broker.returncode}; "
-                f"its log {broker.log_path} ends with:\n{broker.log_tail()}"
-            )
+            raise SupervisorError(f"the broker stopped on its own: {broker.exit_report()}")
         if ready:
             continue
         ready = all(_is_ready(s.url) for s in services.running)
         if ready:
-            print(_banner(options, services, bootstrap), flush=True)
+            print(_banner(broker, options, services, bootstrap), flush=True)
         elif time.monotonic() - last_report > _WAITING_REPORT_INTERVAL:
             last_report = time.monotonic()
             log.info("still waiting for readiness seconds=%.0f", last_report - waiting_since)
@@ -192,18 +192,21 @@ def _child_env(options: UpOptions, bootstrap: str, state_dir: Path) -> dict[str,
 
 def _start_everything(
     options: UpOptions, services: _Services, stack: ExitStack, stop: threading.Event
-) -> tuple[DevBroker | None, str]:
+) -> tuple[Broker | None, str]:
     """Start the broker (if ours) and the services; ``stack`` undoes it all in reverse."""
     settings = options.settings
-    broker: DevBroker | None = None
+    broker: Broker | None = None
     bootstrap, state_dir = settings.bootstrap_servers, settings.state_dir
     if options.kafka_port is not None:
         try:
-            broker = DevBroker.start(options.kafka_port)
+            choice = choose_engine(options.engine, data_dir=options.data_dir)
+            print(f"es-orders up: engine {choice.engine}: {choice.reason}", flush=True)
+            broker = start_broker(choice, options.kafka_port, data_dir=options.data_dir)
         except BrokerError as exc:
             raise SupervisorError(str(exc)) from exc
         stack.callback(broker.stop)
         bootstrap = broker.bootstrap_servers
+    if broker is not None and options.data_dir is None:
         if options.state_parent is not None:
             options.state_parent.mkdir(parents=True, exist_ok=True)
         state_dir = Path(tempfile.mkdtemp(prefix="es-orders-dev-", dir=options.state_parent))

@@ -1,38 +1,63 @@
-"""Fixtures for tests against a real dev broker (Tansu), started once per test session.
+"""Fixtures for tests against a real broker, started once per test session.
+
+The broker is Apache Kafka (KRaft, one node, from its Maven Central jars), as users run
+it; ``ES_ORDERS_TEST_ENGINE=tansu`` runs the suite on Tansu instead. Without Java 17 or
+the jars, the integration tests fail in CI (``CI`` set) and are skipped, with the
+reason, elsewhere.
 
 Mark each integration test module with ``pytestmark = pytest.mark.integration``.
-Habits the dev broker needs (DESIGN.md, "Kafka"):
+Habits that keep tests correct on both engines (docs/architecture.md, "Brokers"):
 
 - Consumers in a group: ``session.timeout.ms`` about 6000 and ``heartbeat.interval.ms``
-  about 1000, or the first join takes ~23 s (``consumer_config`` sets both).
+  about 1000, or Tansu's first join takes ~23 s (``consumer_config`` sets both).
 - Create topics through the admin API first (``ensure_topics``): subscribing to a
-  missing topic fails, and asking metadata for one by name auto-creates it.
-- Do not trust ListOffsets "latest"; use ``enable.partition.eof`` to find the end.
-- Use confluent-kafka; aiokafka's idempotent producer fails against it.
+  missing topic fails, and on Tansu asking metadata for one by name auto-creates it.
+- Find a partition's end with ``enable.partition.eof``: Tansu's ListOffsets is wrong.
 - Topics live as long as the session broker: name them from ``topic_prefix``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from es_orders.devbroker import DevBroker
+from es_orders.brokers import Broker, Choice, Engine, choose_engine, start_broker
+from es_orders.errors import BrokerError
+
+
+def session_engine() -> Engine:
+    """The engine the session broker runs: Apache Kafka unless ES_ORDERS_TEST_ENGINE says."""
+    engine = os.environ.get("ES_ORDERS_TEST_ENGINE", "kafka")
+    if engine not in ("kafka", "tansu"):
+        raise pytest.UsageError(f"ES_ORDERS_TEST_ENGINE must be kafka or tansu, not {engine!r}")
+    return cast(Engine, engine)
+
+
+def engine_or_skip(engine: Engine, *, nodes: int = 1) -> Choice:
+    """The engine's choice; without what it needs, a failure in CI and a skip elsewhere."""
+    try:
+        return choose_engine(engine, nodes=nodes)
+    except BrokerError as exc:
+        reason = f"{engine} broker cannot run here: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[DevBroker]:
-    """A dev broker on a free loopback port, stopped (and waited for) after the session."""
-    with DevBroker.start() as dev_broker:
-        yield dev_broker
+def broker() -> Iterator[Broker]:
+    """A broker on free loopback ports, stopped (and waited for) after the session."""
+    with start_broker(engine_or_skip(session_engine())) as session_broker:
+        yield session_broker
 
 
 @pytest.fixture
-def kafka_config(broker: DevBroker) -> dict[str, Any]:
+def kafka_config(broker: Broker) -> dict[str, Any]:
     """The librdkafka settings that reach the session broker."""
     return {"bootstrap.servers": broker.bootstrap_servers}
 
@@ -47,7 +72,7 @@ def topic_prefix(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def consumer_config(kafka_config: dict[str, Any], topic_prefix: str) -> dict[str, Any]:
-    """A consumer in a fresh group, reading from the start, with dev-broker-friendly timings."""
+    """A consumer in a fresh group, reading from the start, with timings both engines like."""
     return {
         **kafka_config,
         "group.id": f"{topic_prefix}-group",

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
+from es_orders.brokers import free_port
 from es_orders.codec import LegacyUpdate, decode_record
-from es_orders.devbroker import free_port
 from es_orders.domain import Event
 from tests.integration.runtime_support import read_all
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from es_orders.devbroker import DevBroker
+from es_orders.brokers import Broker
 from es_orders.domain import OrderCreated, PriceChanged
 from tests.integration.runtime_support import read_all
 from tests.integration.service_support import Service, events_of, service_env
@@ -47,7 +47,7 @@ class System:
 
 
 @pytest.fixture(scope="module")
-def system(broker: DevBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def system(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     prefix = f"cmd-{uuid.uuid4().hex[:8]}"
     work = tmp_path_factory.mktemp("command-service")
     env = service_env(broker.bootstrap_servers, prefix, work / "state", ES_ORDERS_API_TOKEN=TOKEN)

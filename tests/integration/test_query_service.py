@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from es_orders.devbroker import DevBroker
+from es_orders.brokers import Broker
 from es_orders.workload import encoded, order_events
 from tests.integration.runtime_support import create_topics, expected_fold, produce, read_all
 from tests.integration.service_support import Service, service_env
@@ -31,7 +31,7 @@ def topics(kafka_config: dict[str, Any], topic_prefix: str) -> dict[str, str]:
 
 @pytest.fixture
 def start_query(
-    broker: DevBroker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
+    broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
 ) -> Iterator[Any]:
     """Start ``es-orders query`` processes; each is stopped at the end of the test."""
     started: list[Service] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from es_orders.devbroker import DevBroker
+from es_orders.brokers import Broker
 from es_orders.domain import Event, OrderCreated, fold
 from tests.integration.service_support import Service, events_of, service_env
 
@@ -41,7 +41,7 @@ def assert_valid_histories(by_order: dict[str, list[Event]]) -> None:
 
 
 def test_the_simulator_sends_valid_events_at_its_rate_and_carries_on_after_a_restart(
-    broker: DevBroker, tmp_path: Path
+    broker: Broker, tmp_path: Path
 ) -> None:
     prefix = f"sim-{uuid.uuid4().hex[:8]}"
     env = service_env(broker.bootstrap_servers, prefix, tmp_path / "state")
@@ -63,7 +63,7 @@ def test_the_simulator_sends_valid_events_at_its_rate_and_carries_on_after_a_res
     assert sum(len(events) for events in second.values()) > count
 
 
-def test_no_simulate_sends_nothing(broker: DevBroker, tmp_path: Path) -> None:
+def test_no_simulate_sends_nothing(broker: Broker, tmp_path: Path) -> None:
     prefix = f"nosim-{uuid.uuid4().hex[:8]}"
     env = service_env(broker.bootstrap_servers, prefix, tmp_path / "state")
     command = Service("command", env, tmp_path, "--no-simulate")

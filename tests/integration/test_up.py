@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from es_orders.devbroker import free_port
+from es_orders.brokers import free_port
 from tests.integration.service_support import ServiceProcess, child_pids, process_exists
 
 pytestmark = pytest.mark.integration

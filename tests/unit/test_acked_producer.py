@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from es_orders.devbroker import free_port
+from es_orders.brokers import free_port
 from es_orders.kafka.producer import AckedProducer, DeliveryError
 
 

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import httpx
 
-from es_orders.devbroker import LOOPBACK, free_port
+from es_orders.brokers import LOOPBACK, free_port
 from es_orders.errors import BenchError
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from es_orders.bench.children import ServiceProcess, service_env
 from es_orders.bench.topics import TopicSet, create_topic_set
+from es_orders.brokers import Engine
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class BenchOptions:
     # The latency phase preloads enough events to keep the service folding throughout
     # both windows, sized from the measured fold rate, but never more than this.
     latency_max_events: int = 2_000_000
+    engine: Engine = "kafka"
 
     @classmethod
     def quick(cls) -> BenchOptions:
@@ -56,6 +58,7 @@ class Results:
     figures: dict[str, float] = field(default_factory=dict)
     details: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    broker: str = ""  # which engine and version the run measured on
 
     def note(self, text: str) -> None:
         log.warning("bench note: %s", text)
@@ -88,7 +91,7 @@ class Bench:
                 "ES_ORDERS_COMMAND_APPLICATION_ID": f"{application_id}-command",
                 "ES_ORDERS_STATE_DIR": str(state_dir),
                 # Nothing else: the services run with their production defaults (session
-                # timeout 6 s, so the dev broker's first group join takes about 3 s).
+                # timeout 6 s, so a first group join on Tansu takes about 3 s).
                 "ES_ORDERS_LOG_LEVEL": "INFO",
             }
         )

@@ -20,7 +20,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from es_orders.devbroker import LOOPBACK
+from es_orders.brokers import LOOPBACK
 
 log = logging.getLogger(__name__)
 

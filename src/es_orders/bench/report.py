@@ -69,7 +69,7 @@ CHECKS = (
     ("restore.cold.consumed", "events consumed on the cold restart (0: restored, not replayed)"),
     ("restore.warm.consumed", "events consumed on the warm restart"),
     ("restore.warm.restored_records", "changelog records read on the warm restart"),
-    ("restore.cold.join_s", "group join on restart, s (the dev broker: session timeout / 2)"),
+    ("restore.cold.join_s", "group join on restart, s"),
     ("latency.preloaded_events", "events preloaded for the latency phase"),
     ("latency.by_id.folded_during_window", "events folded during the GET-by-id window"),
     ("latency.by_id.errors", "GET /orders/{id} errors"),
@@ -109,6 +109,7 @@ def write_json(path: Path, options: BenchOptions, results: Results, error: str |
         "notes": results.notes,
         "options": asdict(options),
         "machine": machine(),
+        "broker": results.broker,
         "error": error,
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
@@ -127,7 +128,7 @@ def _count(value: float) -> str:
 
 
 def print_table(results: Results, console: Console) -> None:
-    table = Table(title="es-orders bench (goals: issue 5, this machine)")
+    table = Table(title=f"es-orders bench on {results.broker or 'an unknown broker'}")
     table.add_column("Measure")
     table.add_column("Value", justify="right")
     table.add_column("Unit")
@@ -154,7 +155,7 @@ def print_table(results: Results, console: Console) -> None:
     host = machine()
     console.print(
         f"machine: {host['cores']} cores ({host['cpu']}), {host['memory_gb']} GB, "
-        f"{host['os']}, Python {host['python']}; dev broker, services and bench all on it"
+        f"{host['os']}, Python {host['python']}; broker, services and bench all on it"
     )
 
 

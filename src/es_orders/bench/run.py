@@ -1,4 +1,4 @@
-"""One benchmark run: a fresh dev broker, the phases in turn, the report, the cleanup.
+"""One benchmark run: a fresh broker (Apache Kafka by default), the phases, the report.
 
 Phases run one after another, never side by side: on a 2-core machine anything running
 next to a measure is in it. Each phase stops what it started before the next begins,
@@ -26,7 +26,7 @@ from es_orders.bench.interactive import measure_command_to_visible, measure_quer
 from es_orders.bench.ours import measure_fold, measure_restore
 from es_orders.bench.quix import measure_quix_fold, measure_quix_restore
 from es_orders.bench.report import last_line, print_table, write_json
-from es_orders.devbroker import DevBroker
+from es_orders.brokers import Engine, choose_engine, start_broker
 from es_orders.errors import EsOrdersError
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def bench_options(
     orders: int | None = None,
     restore_orders: int | None = None,
     seconds: float | None = None,
+    engine: Engine = "kafka",
 ) -> BenchOptions:
     """The defaults (or the quick ones) with the flags that were given on top.
 
@@ -52,6 +53,7 @@ def bench_options(
         restore_orders=base.restore_orders if restore_orders is None else restore_orders,
         latency_seconds=base.latency_seconds if seconds is None else seconds,
         command_seconds=base.command_seconds if seconds is None else seconds,
+        engine=engine,
     )
     options.validate()
     return options
@@ -85,7 +87,10 @@ def _run(options: BenchOptions, output: Path) -> int:
     error: str | None = None
     failed = True
     try:
-        broker = DevBroker.start(log_path=work_dir / "broker.log")
+        choice = choose_engine(options.engine)
+        log.info("bench engine=%s reason=%s", choice.engine, choice.reason)
+        broker = start_broker(choice, log_path=work_dir / "broker.log")
+        results.broker = broker.describe().split(" on ", 1)[0]
         try:
             run_id = uuid.uuid4().hex[:8]
             _phases(Bench(broker.bootstrap_servers, work_dir, options, run_id, results))

