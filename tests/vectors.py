@@ -1,4 +1,7 @@
-"""The golden vectors of the wire contract, as Kafka records (a copy of shared/contract)."""
+"""The golden vectors of the wire contract, as Kafka records.
+
+The contract: docs/architecture.md, "Event wire format".
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The wire format: the only module that reads or writes event and order-state JSON.
 
-Typed events (DESIGN.md, "Event wire format") are validated strictly; records of the
+Typed events (docs/architecture.md, "Event wire format") are validated strictly; records of the
 original Kotlin command service (``{"id", "userId", "productId", "amount", "price"}``)
 decode to a ``LegacyUpdate`` that ``upcast`` turns into typed events against the order's
 current state. Anything else raises ``CodecError``: the runtime sends that record, unchanged,

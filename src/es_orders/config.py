@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every knob of es-orders; see DESIGN.md, Configuration."""
+    """Every knob of es-orders; see docs/architecture.md, "Configuration"."""
 
     model_config = SettingsConfigDict(
         env_prefix="ES_ORDERS_",

@@ -49,10 +49,20 @@ def engine_or_skip(engine: Engine, *, nodes: int = 1) -> Choice:
         pytest.skip(reason)
 
 
+# What the session broker was, for the report's last lines.
+_SESSION_BROKERS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for described in _SESSION_BROKERS:
+        terminalreporter.write_line(f"integration tests ran on: {described}")
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Broker]:
     """A broker on free loopback ports, stopped (and waited for) after the session."""
     with start_broker(engine_or_skip(session_engine())) as session_broker:
+        _SESSION_BROKERS.append(session_broker.describe())
         yield session_broker
 
 

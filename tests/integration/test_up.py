@@ -1,6 +1,7 @@
 """``es-orders up``: everything starts, answers, and stops without leaving a process behind.
 
-These runs start a dev broker of their own (on a free port), not the session broker.
+These runs start a broker of their own (on a free port), not the session broker: Apache
+Kafka where it can run (``--engine auto``), and Tansu in the zero-JVM smoke test.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import httpx
 import pytest
 
 from es_orders.brokers import free_port
+from tests.integration.conftest import engine_or_skip
+from tests.integration.runtime_support import produce, read_all
 from tests.integration.service_support import ServiceProcess, child_pids, process_exists
+from tests.integration.test_materializer import all_vectors
+from tests.vectors import normalize_state
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +31,13 @@ pytestmark = pytest.mark.integration
 class Up(ServiceProcess):
     def __init__(self, tmp_path: Path, *args: str, query_port: int | None = None) -> None:
         self.command_port, self.query_port = free_port(), query_port or free_port()
+        self.kafka_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
         super().__init__(
             [
                 "up",
                 "--kafka-port",
-                str(free_port()),
+                str(self.kafka_port),
                 "--command-port",
                 str(self.command_port),
                 "--query-port",
@@ -85,7 +91,7 @@ def test_up_serves_the_demo_and_stops_on_sigterm(up: Up) -> None:
     assert up.process.wait(60) == 0, up.log_tail()
     assert time.monotonic() - started < 30
     assert not [pid for pid in children if process_exists(pid)]
-    assert not state_dir.exists()  # a dev broker run leaves no state behind
+    assert not state_dir.exists()  # a run on a temporary broker leaves no state behind
     assert "Stopped." in up.log_tail()
 
 
@@ -113,4 +119,32 @@ def test_up_refuses_a_taken_port_before_starting_anything(tmp_path: Path) -> Non
         up = Up(tmp_path, query_port=taken.getsockname()[1])
         assert up.process.wait(30) == 1
     assert f"port {up.query_port} for the query service is taken" in up.log_tail()
-    assert "dev broker" not in up.log_tail()
+    assert "engine" not in up.log_tail(), "no broker was started"
+
+
+def test_up_on_tansu_folds_the_golden_vectors(tmp_path: Path) -> None:
+    """The zero-JVM path end to end: Tansu, ``es-orders up``, the golden vectors."""
+    engine_or_skip("tansu")
+    up = Up(tmp_path, "--engine", "tansu", "--no-simulate")
+    try:
+        up.wait_up()
+        assert "engine tansu: chosen with --engine tansu" in up.log_tail(100_000)
+        assert "Tansu (in memory, one node)" in up.log_tail(100_000)
+        kafka = {"bootstrap.servers": f"127.0.0.1:{up.kafka_port}"}
+        records, expected, dlq = all_vectors()
+        produce(kafka, "es-orders", records)
+
+        want = {oid: normalize_state(state) for oid, state in expected.items()}
+        seen: dict[str, object] = {}
+        deadline = time.monotonic() + 60
+        while seen != want and time.monotonic() < deadline:
+            page = httpx.get(f"http://127.0.0.1:{up.query_port}/orders", params={"limit": 1000})
+            seen = {o["id"]: normalize_state(o) for o in page.json()}
+            time.sleep(0.2)
+        assert seen == want
+        assert len(read_all(kafka, "es-orders-dlq")) == dlq
+
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(60) == 0, up.log_tail()
+    finally:
+        up.stop(timeout=60)

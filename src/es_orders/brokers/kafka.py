@@ -62,8 +62,14 @@ logger.statechange.level = WARN
 
 
 def _new_cluster_id() -> str:
-    """A KRaft cluster id: a UUID in URL-safe base64, as ``kafka-storage random-uuid`` prints."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a UUID in URL-safe base64, as ``kafka-storage random-uuid`` prints.
+
+    Like Kafka's own, never one that starts with "-": a command line would take it for a flag.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 class KafkaNode:
@@ -250,7 +256,7 @@ class KafkaCluster(Broker):
 
     def _format_node(self, node: KafkaNode) -> None:
         argv = [self.runtime.java, "-cp", self.runtime.classpath, "kafka.tools.StorageTool"]
-        argv += ["format", "--cluster-id", self.cluster_id, "--config", str(node.config_path)]
+        argv += ["format", f"--cluster-id={self.cluster_id}", f"--config={node.config_path}"]
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=_FORMAT_TIMEOUT, check=False
         )

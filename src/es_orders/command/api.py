@@ -1,4 +1,4 @@
-"""The command service's HTTP API (DESIGN.md, "Command service").
+"""The command service's HTTP API (docs/architecture.md, "Command service").
 
 Handlers are plain ``def``: a command waits for the broker's acknowledgement, and FastAPI
 runs sync handlers in its threadpool, off the event loop. Every refusal is mapped to a

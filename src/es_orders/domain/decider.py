@@ -1,4 +1,6 @@
-"""``decide``: the rules of the command API (DESIGN.md, Command service), as a pure function.
+"""``decide``: the rules of the command API, as a pure function.
+
+The rules are docs/architecture.md, "Command service".
 
 The result is the events to append, in order; an empty tuple means the command asks
 for what the order already is (idempotent: nothing to append). A command that breaks a

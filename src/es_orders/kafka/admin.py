@@ -52,7 +52,7 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The topics of DESIGN.md ("Kafka"), named and sized by ``settings``.
+    """The topics of docs/architecture.md ("Kafka"), named and sized by ``settings``.
 
     All share the events topic's partition count: each changelog record goes to the
     partition its source event came from.

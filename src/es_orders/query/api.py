@@ -27,7 +27,7 @@ ORDER_NOT_FOUND_TYPE = problem_type("order-not-found")
 
 
 class OrderStateModel(BaseModel):
-    """One order's current state (DESIGN.md, "Order state").
+    """One order's current state (docs/architecture.md, "Order state").
 
     Fields other than ``id``, ``status``, ``version`` and the timestamps are null for an
     order first seen through a legacy partial update.

@@ -1,6 +1,6 @@
 """The materializer: fold the events topic into per-partition stores, exactly once.
 
-Per batch (DESIGN.md, "Exactly-once state without trusting broker transactions"):
+Per batch (docs/architecture.md, "Exactly-once state without broker transactions"):
 
 1. fold each record into the state of its order (``projection.fold_record``), skipping
    records at or below the row's source offset (a replay);

@@ -1,7 +1,8 @@
 """Replicate a folded batch to the broker: changelog rows and dead letters, acknowledged.
 
 Nothing is checkpointed locally before ``flush`` returns with every record acknowledged
-(invariant 1 of DESIGN.md): a failure raises, and the batch is folded again after restart.
+(invariant 1 in docs/architecture.md, "Exactly-once state without broker
+transactions"): a failure raises, and the batch is folded again after restart.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS orders (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
-# Restore keeps, per key, the row with the highest source offset (DESIGN.md).
+# Restore keeps, per key, the row with the highest source offset (docs/architecture.md,
+# "Exactly-once state without broker transactions").
 _UPSERT_NEWER = """
 INSERT INTO orders (id, state, source_offset) VALUES (?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET state = excluded.state, source_offset = excluded.source_offset
