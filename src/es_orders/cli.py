@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from es_orders.brokers import Engine
 
 app = typer.Typer(
-    help="Event-sourced orders on Apache Kafka: command service, query service, dev broker.",
+    help="Event-sourced orders on Apache Kafka: command service, query service, brokers.",
     no_args_is_help=True,
     add_completion=False,
 )

@@ -7,6 +7,9 @@ so no ``KafkaException`` or ``sqlite3.Error`` leaks past the module that caused 
 
     EsOrdersError
     ├── BrokerError            a Kafka broker cannot be started, reached, or refused a request
+    │   ├── PortTakenError     (brokers.common) a broker's port is taken
+    │   ├── JavaNotFoundError  (brokers.jars) no Java 17+ to run Apache Kafka with
+    │   ├── KafkaJarsError     (brokers.jars) Kafka's jars not cached, and Maven cannot fetch
     │   └── DeliveryError      (kafka.producer) the broker did not acknowledge an event
     ├── TopicConfigError       a topic cannot be created, or exists with a shape we cannot use
     ├── CodecError             (codec) a record that is not a valid event or state
@@ -33,7 +36,7 @@ class EsOrdersError(Exception):
 
 
 class BrokerError(EsOrdersError):
-    """A Kafka broker (the dev broker or a real one) cannot be started, reached, or refused."""
+    """A Kafka broker (started by es-orders, or yours) cannot be started, reached, or refused."""
 
 
 class TopicConfigError(EsOrdersError):

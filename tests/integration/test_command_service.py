@@ -1,4 +1,4 @@
-"""The command service as a process against the dev broker, with a query service beside it.
+"""The command service as a process against a real broker, with a query service beside it.
 
 One command service (bearer token on, simulator off) and one query service serve the
 whole module; each test works on order ids of its own.

@@ -1,4 +1,4 @@
-"""The materializer against a real dev broker: golden vectors, dead letters, restore."""
+"""The materializer against a real broker: golden vectors, dead letters, restore."""
 
 from __future__ import annotations
 

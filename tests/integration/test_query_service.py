@@ -41,7 +41,7 @@ def start_query(
         topic_prefix,
         tmp_path / "state",
         # A killed member holds its partitions until its session times out: keep it short
-        # so restarts rejoin quickly (the dev broker's join takes half of it).
+        # so restarts rejoin quickly (Tansu's join takes half of it).
         ES_ORDERS_KAFKA__SESSION_TIMEOUT_MS="3000",
         ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
     )

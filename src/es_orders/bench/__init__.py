@@ -1,6 +1,6 @@
 """``es-orders bench``: the figures issue 5 asks for, side by side with quixstreams.
 
-One run starts a fresh dev broker and, each on topics of its own, measures:
+One run starts a fresh broker (Apache Kafka by default) and, each on topics of its own, measures:
 
 - fold throughput of the query service (``fold``), workload produced before it starts;
 - restore from the changelog with the state directory deleted, and a warm restart

@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=args.state_dir,
         # Topics (and the changelog) are created by the bench with explicit configs.
         auto_create_topics=False,
-        # As es-orders' consumers have by default: the dev broker's first group join
+        # As es-orders' consumers have by default: Tansu's first group join
         # takes session.timeout.ms / 2, about 23 s with the librdkafka default.
         consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
         rocksdb_options=RocksDBOptions(dumps=encode_state, loads=decode_state),

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 _FLUSH_TIMEOUT = 120.0
 # quixstreams names the changelog of a dataframe's default store like this; creating it
-# ourselves keeps its configs explicit (the dev broker reports only explicit configs).
+# ourselves keeps its configs explicit (Tansu reports only explicit configs).
 _QUIX_STORE = "default"
 # Orders with ids starting so mark "processing has resumed" for the quixstreams app.
 SENTINEL_PREFIX = b"bench-sentinel"

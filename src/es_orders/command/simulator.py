@@ -8,7 +8,7 @@ debug level and skipped.
 
 The schedule is fixed in monotonic time (command ``n`` is due at ``start + n / rate``),
 so sleeping late never lowers the rate. Commands go one at a time from one thread: each
-waits for its acknowledgement (well under a millisecond on the dev broker), and more
+waits for its acknowledgement (well under a millisecond on a local broker), and more
 threads were measured to be slower, not faster, under the GIL. When it falls more than
 a second behind (the broker is slow), it skips ahead instead of bursting to catch up.
 """

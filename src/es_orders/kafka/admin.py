@@ -3,11 +3,11 @@
 Every topic is created with its configs spelled out rather than left to broker defaults:
 correctness must not depend on how a broker's defaults happen to be set (the event log
 must never expire; a changelog must be compacted, and compaction is only ever declared),
-and the dev broker's DescribeConfigs returns only configs set explicitly, so an explicit
+and Tansu's DescribeConfigs returns only configs set explicitly, so an explicit
 config is the only kind anyone can inspect there.
 
 Topics are looked up by listing the whole cluster, never by asking metadata for one
-topic by name: the dev broker auto-creates a topic named in a metadata request, with
+topic by name: Tansu auto-creates a topic named in a metadata request, with
 its own default partition count.
 """
 
@@ -93,7 +93,7 @@ def ensure_topics(
 
     Raises ``TopicConfigError`` if a topic exists with another partition count than its
     spec (es-orders never adds partitions: that would move keys, and with them order
-    state, to other partitions; the dev broker cannot add them anyway) or the broker
+    state, to other partitions; Tansu cannot add them anyway) or the broker
     rejects a creation; ``BrokerError`` if the cluster cannot be reached.
     """
     admin = AdminClient(dict(admin_config))
@@ -187,7 +187,7 @@ def _warn_on_config_drift(admin: AdminClient, specs: Sequence[TopicSpec], timeou
 
     Only a warning: a changed config may be an operator's deliberate choice, and this
     look needs DescribeConfigs rights that a locked-down cluster may not grant. A config
-    the broker does not report (the dev broker reports only explicit ones) is not drift.
+    the broker does not report (Tansu reports only explicit ones) is not drift.
     """
     if not specs:
         return

@@ -57,9 +57,9 @@ def open_clients(config: MaterializerConfig) -> Clients:
     client_id = f"{config.group_id}-{socket.gethostname()}"
     # Defaults first, then the user's pass-through settings, then what correctness needs.
     base = {"client.id": client_id, **config.kafka}
-    # The dev broker's first group join takes session.timeout.ms / 2: keep it short.
+    # Tansu's first group join takes session.timeout.ms / 2: keep it short.
     # A fetch with nothing new waits fetch.wait.max.ms on the broker (500 by default),
-    # and the dev broker holds it that long even when records arrive meanwhile: at 20
+    # and Tansu holds it that long even when records arrive meanwhile: at 20
     # a new event is folded within tens of milliseconds, for a few idle fetches more.
     consumer_defaults = {
         "session.timeout.ms": 6000,

@@ -2,7 +2,7 @@
 
 A restore consumer is assigned the changelog partition (no group, no commits) from the
 store's changelog position and reads to the end, as the fetch responses report it
-(``enable.partition.eof``; the dev broker's ListOffsets cannot be trusted). Rows are
+(``enable.partition.eof``; Tansu's ListOffsets cannot be trusted). Rows are
 written as they come, in batches; per key the highest source offset wins, so reading a
 record twice, or after a crash halfway, changes nothing.
 """
