@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -62,6 +63,10 @@ def _settings(**overrides: Any) -> Settings:
 
 def _engine(name: EngineName) -> Engine:
     return name.value
+
+
+def _env_names_kafka() -> bool:
+    return bool(os.environ.get("ES_ORDERS_BOOTSTRAP_SERVERS"))
 
 
 def _exit(code: int) -> None:
@@ -163,7 +168,9 @@ def up(
     bootstrap_servers: Annotated[
         str | None,
         typer.Option(
-            "--bootstrap-servers", help="Use this running Kafka instead of starting a broker."
+            "--bootstrap-servers",
+            help="Use this running Kafka instead of starting a broker "
+            "(ES_ORDERS_BOOTSTRAP_SERVERS does the same).",
         ),
     ] = None,
     state_dir: Annotated[
@@ -186,7 +193,8 @@ def up(
     options = UpOptions(
         settings=settings,
         simulator_rate=settings.simulator_rate if simulate else 0.0,
-        kafka_port=None if bootstrap_servers else kafka_port,
+        # A Kafka named by the flag or by ES_ORDERS_BOOTSTRAP_SERVERS is used as it is.
+        kafka_port=None if bootstrap_servers or _env_names_kafka() else kafka_port,
         state_parent=state_dir,
         engine=_engine(engine),
         data_dir=data_dir,

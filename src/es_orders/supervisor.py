@@ -5,6 +5,9 @@ in a session of its own, so a terminal's Ctrl-C reaches only this supervisor, wh
 stops everything in order: the services first (they still flush records and leave their
 consumer groups), the broker last. Any part that exits on its own takes the rest down
 with it and makes ``up`` exit non-zero: half a system that looks alive is worse than none.
+If ``up`` itself is killed, its children get SIGTERM from the kernel (``processes``), and
+the next ``up`` removes the directories the killed one left. Each line a service writes
+is shown with the service's name in front.
 
 A broker it starts without ``--data-dir`` (Kafka in a temporary directory, or Tansu in
 memory) starts each run from empty topics. Local state stores from an earlier run would
@@ -16,24 +19,20 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import httpx
 
 from es_orders.brokers import Broker, Engine, choose_engine, port_is_free, start_broker
 from es_orders.config import Settings
 from es_orders.errors import BrokerError, EsOrdersError
+from es_orders.processes import RunDirectory, spawn, stop, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,17 @@ class _Service:
         self.name = name
         self.process = process
         self.url = url
+        self.echo = threading.Thread(target=self._echo, name=f"{name} output", daemon=True)
+        self.echo.start()
+
+    def _echo(self) -> None:
+        """Copy the service's output to ours, each line under the service's name."""
+        label = self.name.split()[0]
+        output = self.process.stdout
+        assert output is not None
+        for line in output:
+            sys.stdout.write(f"{label:<7} | {line.decode(errors='replace')}")
+            sys.stdout.flush()
 
 
 def _client_host(host: str) -> str:
@@ -85,12 +95,9 @@ class _Services:
         self.clean = True  # every service that was stopped exited with code 0
 
     def start(self, name: str, subcommand: str, env: dict[str, str], url: str) -> None:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "es_orders", subcommand],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # our Ctrl-C is ours to pass on, in order
-        )
+        # Its own session: our Ctrl-C is ours to pass on, in order.
+        argv = [sys.executable, "-m", "es_orders", subcommand]
+        process = spawn(argv, log_path=None, env=env, name=name)
         log.info("started %s pid=%s", name, process.pid)
         self.running.append(_Service(name, process, url))
 
@@ -101,15 +108,11 @@ class _Services:
         """SIGTERM every service, SIGKILL what is left after ``timeout``; sets ``clean``."""
         for service in self.running:
             if service.process.poll() is None:
-                service.process.send_signal(signal.SIGTERM)
+                service.process.terminate()  # all at once: they stop in parallel
         deadline = time.monotonic() + timeout
         for service in self.running:
-            try:
-                service.process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"es-orders up: the {service.name} did not stop; killing it", file=sys.stderr)
-                service.process.kill()
-                service.process.wait()
+            stop(service.process, service.name, max(0.0, deadline - time.monotonic()))
+            service.echo.join(1.0)
             if service.process.returncode != 0:
                 self.clean = False
                 log.warning("%s exited returncode=%s", service.name, service.process.returncode)
@@ -132,20 +135,6 @@ def _banner(broker: Broker | None, options: UpOptions, services: _Services, boot
     lines.append(f"  {'simulator':<16} {f'{rate:g} command(s)/s' if rate > 0 else 'off'}")
     lines.append("Ctrl-C to stop.")
     return "\n".join(lines)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping signal=%s", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _watch(
@@ -207,10 +196,9 @@ def _start_everything(
         stack.callback(broker.stop)
         bootstrap = broker.bootstrap_servers
     if broker is not None and options.data_dir is None:
-        if options.state_parent is not None:
-            options.state_parent.mkdir(parents=True, exist_ok=True)
-        state_dir = Path(tempfile.mkdtemp(prefix="es-orders-dev-", dir=options.state_parent))
-        stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
+        run_dir = RunDirectory("es-orders-run-", options.state_parent)
+        stack.callback(run_dir.remove)
+        state_dir = run_dir.path
     stack.callback(services.stop)
     if stop.is_set():
         return broker, bootstrap
@@ -224,11 +212,10 @@ def _start_everything(
 
 def run_up(options: UpOptions) -> int:
     """Run everything until SIGINT/SIGTERM (0) or until a part fails (1). Main thread only."""
-    stop = threading.Event()
     services = _Services()
     # Readiness polls would otherwise log a line each at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    with _stop_on_signals(stop):
+    with stop_requested() as stop:
         try:
             _check_ports(options)
             with ExitStack() as stack:  # on the way out: the services, state dir, broker

@@ -151,3 +151,38 @@ def test_es_orders_broker_says_which_engine_and_stops_every_node_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_killed_es_orders_broker_takes_its_jvm_along(tmp_path: Path) -> None:
+    engine_or_skip("kafka")
+    port = free_ports(1)
+    log = tmp_path / "broker.out"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "es_orders", "broker", "--engine", "kafka", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        java = subprocess.run(
+            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(java) == 1, java
+
+        process.kill()
+        process.wait(10)
+
+        deadline = time.monotonic() + 30
+        while _process_exists(int(java[0])):
+            assert time.monotonic() < deadline, "the JVM outlived its killed parent"
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

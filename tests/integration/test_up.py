@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from es_orders.brokers import free_port
+from es_orders.brokers import Broker, free_port
 from tests.integration.conftest import engine_or_skip
 from tests.integration.runtime_support import produce, read_all
 from tests.integration.service_support import ServiceProcess, child_pids, process_exists
@@ -29,10 +29,17 @@ pytestmark = pytest.mark.integration
 
 
 class Up(ServiceProcess):
-    def __init__(self, tmp_path: Path, *args: str, query_port: int | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *args: str,
+        query_port: int | None = None,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
         self.command_port, self.query_port = free_port(), query_port or free_port()
         self.kafka_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
+        env.update(env_extra or {})
         super().__init__(
             [
                 "up",
@@ -50,7 +57,7 @@ class Up(ServiceProcess):
             tmp_path / "up.log",
         )
 
-    def wait_up(self) -> set[int]:
+    def wait_up(self, processes: int = 3) -> set[int]:
         """Wait for the banner; the PIDs of the broker and the two services."""
         deadline = time.monotonic() + 90
         while "es-orders is up" not in self.log_tail(100_000):
@@ -58,7 +65,7 @@ class Up(ServiceProcess):
             assert time.monotonic() < deadline, self.log_tail()
             time.sleep(0.1)
         children = child_pids(self.pid)
-        assert len(children) == 3, (children, self.log_tail())
+        assert len(children) == processes, (children, self.log_tail())
         return children
 
     def state_dir(self) -> Path:
@@ -146,5 +153,69 @@ def test_up_on_tansu_folds_the_golden_vectors(tmp_path: Path) -> None:
 
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(60) == 0, up.log_tail()
+    finally:
+        up.stop(timeout=60)
+
+
+def _gone_within(pids: set[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(process_exists(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_killed_up_takes_its_children_along_and_the_next_up_cleans_up(tmp_path: Path) -> None:
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+    first = Up(tmp_path / "first", "--no-simulate", env_extra={"TMPDIR": str(tmp_path)})
+    children = first.wait_up()
+    state_dir = first.state_dir()
+    kafka_dirs = set(tmp_path.glob("es-orders-kafka-*"))
+    assert len(kafka_dirs) == 1, "the broker's temporary data dir is under TMPDIR"
+
+    os.kill(first.pid, signal.SIGKILL)
+    first.process.wait(10)
+
+    # No broker or service is left serving under PID 1: the kernel told each to stop.
+    assert _gone_within(children, 30), [p for p in children if process_exists(p)]
+    assert state_dir.exists(), "a killed up could not clean up after itself"
+
+    # The same --state-dir parent (the last flag wins) and TMPDIR.
+    state_parent = str(tmp_path / "first" / "state")
+    second = Up(
+        tmp_path / "second",
+        "--no-simulate",
+        "--state-dir",
+        state_parent,
+        env_extra={"TMPDIR": str(tmp_path)},
+    )
+    try:
+        second.wait_up()
+        assert not state_dir.exists(), "the next up removed the killed run's state"
+        assert not (kafka_dirs & set(tmp_path.glob("es-orders-kafka-*")))
+        assert "removing the directory of a run that was killed" in second.log_tail(100_000)
+    finally:
+        second.stop(timeout=60)
+
+
+def test_up_names_the_service_of_every_line_and_uses_the_kafka_it_is_given(
+    tmp_path: Path, broker: Broker
+) -> None:
+    up = Up(
+        tmp_path,
+        "--no-simulate",
+        env_extra={"ES_ORDERS_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
+    )
+    try:
+        up.wait_up(processes=2)  # the two services, no broker of its own
+        text = up.log_tail(100_000)
+        assert "engine" not in text, "no broker was started"
+        assert f"kafka            {broker.bootstrap_servers}   (external)" in text
+        lines = text.splitlines()
+        assert any(line.startswith("command | ") for line in lines), text
+        assert any(line.startswith("query   | ") for line in lines), text
+        assert any("partitions assigned" in line for line in lines if line.startswith("query"))
     finally:
         up.stop(timeout=60)

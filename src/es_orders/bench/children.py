@@ -1,8 +1,9 @@
 """The processes a benchmark starts: es-orders services and the quixstreams baseline.
 
-Each runs in a session of its own, so a Ctrl-C in the terminal reaches only the bench,
-which then stops its children by PID (services first, the broker last) from its
-``finally`` blocks. Output goes to a log file, never a pipe nobody reads.
+Each is started by ``processes.spawn``: in a session of its own, so a Ctrl-C in the
+terminal reaches only the bench, which then stops its children by PID (services first,
+the broker last) from its ``finally`` blocks; and tied to the bench's life, so a killed
+bench leaves nothing running. Output goes to a log file, never a pipe nobody reads.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ import httpx
 
 from es_orders.brokers import LOOPBACK, free_port
 from es_orders.errors import BenchError
+from es_orders.processes import spawn, stop
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,9 @@ class ChildProcess:
     def __init__(self, name: str, argv: Sequence[str], env: dict[str, str], log_path: Path):
         self.name = name
         self.log_path = log_path
-        self._log = log_path.open("ab")
         # Wall clock, comparable with the timestamps services report in logs and /stats.
         self.started_at = time.time()
-        self.process = subprocess.Popen(
-            list(argv),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = spawn(argv, log_path=log_path, env=env, name=name)
         log.info("started name=%s pid=%s log=%s", name, self.process.pid, log_path)
 
     @property
@@ -87,15 +79,7 @@ class ChildProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait (SIGKILL after ``timeout``); the exit code. Safe to repeat."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("killing name=%s pid=%s: no exit after SIGTERM", self.name, self.pid)
-                self.process.kill()
-                self.process.wait(10)
-            log.info("stopped name=%s pid=%s code=%s", self.name, self.pid, self.returncode)
+        stop(self.process, self.name, timeout)
         self._close()
         return self.returncode
 
@@ -105,7 +89,7 @@ class ChildProcess:
         return -1 if code is None else code
 
     def _close(self) -> None:
-        self._log.close()
+        """Release what the child needed while it ran."""
 
     def __enter__(self) -> Self:
         return self

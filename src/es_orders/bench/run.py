@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 import httpx
 from rich.console import Console
@@ -28,6 +26,7 @@ from es_orders.bench.quix import measure_quix_fold, measure_quix_restore
 from es_orders.bench.report import last_line, print_table, write_json
 from es_orders.brokers import Engine, choose_engine, start_broker
 from es_orders.errors import EsOrdersError
+from es_orders.processes import sigterm_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -59,21 +58,14 @@ def bench_options(
     return options
 
 
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def run_bench(options: BenchOptions, output: Path) -> int:
     """Run every phase, print the table and the summary line; the exit code (0 or 1).
 
     Must run on the main thread: SIGTERM becomes a KeyboardInterrupt, like Ctrl-C, so
     that the ``finally`` blocks stop every child process before the bench exits.
     """
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    with sigterm_interrupts():
         return _run(options, output)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(options: BenchOptions, output: Path) -> int:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import subprocess
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -121,30 +119,6 @@ def wait_for_cluster(
                     "cluster answering, not complete yet brokers=%s", sorted(metadata.brokers)
                 )
         time.sleep(_POLL_INTERVAL)
-
-
-def stop_process(process: subprocess.Popen[bytes], what: str, timeout: float) -> int:
-    """SIGTERM ``process`` and wait for its exit; SIGKILL it after ``timeout`` seconds."""
-    if process.poll() is None:
-        _log.info("%s stopping pid=%s", what, process.pid)
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _log.warning(
-                "%s ignored SIGTERM, killing pid=%s timeout_s=%s", what, process.pid, timeout
-            )
-            process.kill()
-            process.wait()
-        _log.debug(
-            "%s exited pid=%s returncode=%s took_s=%.1f",
-            what,
-            process.pid,
-            process.returncode,
-            time.monotonic() - started,
-        )
-    return process.returncode
 
 
 class Broker(ABC):

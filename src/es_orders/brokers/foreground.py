@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from es_orders.brokers import Engine, choose_engine, start_broker
 from es_orders.errors import BrokerError
+from es_orders.processes import stop_requested
 
 
 def run_broker_forever(
@@ -20,14 +18,8 @@ def run_broker_forever(
     Returns the process exit code: 0 after a clean stop, 1 if the broker cannot start
     or a node dies on its own. Must run on the main thread (it installs signal handlers).
     """
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
     # Installed before the start so that a Ctrl-C during it still ends in a clean stop.
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_requested() as stopping:
         try:
             choice = choose_engine(engine, nodes=nodes, data_dir=data_dir)
             print(f"es-orders broker: engine {choice.engine}: {choice.reason}", flush=True)
@@ -41,12 +33,9 @@ def run_broker_forever(
                 f"  log: {broker.log_path}\n  Ctrl-C to stop.",
                 flush=True,
             )
-            while not stop_requested.wait(0.5):
+            while not stopping.wait(0.5):
                 if not broker.running:
                     print(f"es-orders broker: {broker.exit_report()}", file=sys.stderr)
                     return 1
             print("Stopping the broker (waiting for every node to exit)...", flush=True)
         return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -18,7 +18,6 @@ import json
 import logging
 import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,11 +35,11 @@ from es_orders.brokers.common import (
     free_ports,
     log_tail,
     port_is_free,
-    stop_process,
     wait_for_cluster,
 )
 from es_orders.brokers.jars import KafkaRuntime, kafka_runtime
 from es_orders.errors import BrokerError
+from es_orders.processes import RunDirectory, spawn, stop
 
 _log = logging.getLogger(__name__)
 
@@ -130,16 +129,10 @@ class KafkaNode:
             "kafka.Kafka",
             str(self.config_path),
         ]
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Its own session: a terminal Ctrl-C reaches only us, so the broker stops
-                # last, after the services that still flush records to it.
-                start_new_session=True,
-            )
+        try:
+            self._process = spawn(argv, log_path=self.log_path, name=f"kafka node {self.node_id}")
+        except OSError as exc:
+            raise BrokerError(f"cannot run {runtime.java}: {exc}") from exc
         _log.info(
             "kafka node starting node_id=%s pid=%s port=%s log=%s",
             self.node_id,
@@ -156,7 +149,7 @@ class KafkaNode:
     def stop(self, timeout: float) -> int | None:
         if self._process is None:
             return None
-        return stop_process(self._process, f"kafka node {self.node_id}", timeout)
+        return stop(self._process, f"kafka node {self.node_id}", timeout)
 
     def kill(self) -> None:
         """SIGKILL: the node dies at once, as in a crash, and is waited for."""
@@ -207,8 +200,9 @@ class KafkaCluster(Broker):
             raise BrokerError(f"a Kafka cluster here has 1 or 3 nodes, not {nodes}")
         runtime = runtime or kafka_runtime()
         owns = data_dir is None
-        directory = Path(tempfile.mkdtemp(prefix="es-orders-kafka-")) if owns else data_dir
-        assert directory is not None
+        # A temporary one records our PID: a run killed before its cleanup leaves its
+        # data behind, and the next run removes it.
+        directory = RunDirectory("es-orders-kafka-").path if data_dir is None else data_dir
         directory.mkdir(parents=True, exist_ok=True)
         cluster_id = _cluster_id(directory, nodes)
         first = port or free_ports(nodes)

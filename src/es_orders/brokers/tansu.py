@@ -29,10 +29,10 @@ from es_orders.brokers.common import (
     PortTakenError,
     free_port,
     port_is_free,
-    stop_process,
     wait_for_cluster,
 )
 from es_orders.errors import BrokerError
+from es_orders.processes import spawn, stop
 
 _log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class TansuBroker(Broker):
 
         Returns the exit code. Safe to call more than once.
         """
-        returncode = stop_process(self._process, "tansu", timeout)
+        returncode = stop(self._process, "tansu", timeout)
         if returncode == 0 and self._delete_log_on_clean_exit:
             self.log_path.unlink(missing_ok=True)
         elif returncode != 0:
@@ -176,16 +176,6 @@ def _spawn(port: int, cluster_id: str, log_path: Path) -> subprocess.Popen[bytes
     argv = [binary, "broker", "--cluster-id", cluster_id, "--storage-engine", "memory://tansu/"]
     argv += ["--listener-url", listener, "--advertised-listener-url", listener]
     try:
-        with log_path.open("ab") as log:
-            return subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
-                # Its own session: a terminal Ctrl-C reaches only us, so we stop the
-                # broker last, after the services that still flush records to it.
-                start_new_session=True,
-            )
+        return spawn(argv, log_path=log_path, env={**os.environ, "NO_COLOR": "1"}, name="tansu")
     except OSError as exc:
         raise BrokerError(f"cannot run the Tansu broker binary {binary}: {exc}") from exc
