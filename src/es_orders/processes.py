@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -110,14 +109,52 @@ def stop(process: subprocess.Popen[bytes], name: str, timeout: float) -> int:
     return process.returncode
 
 
+class StopRequest:
+    """Whether a stop was asked for: a flag that a signal handler may set.
+
+    A handler runs on the main thread between any two bytecodes, even inside another
+    handler (``up`` sends SIGTERM twice in a row) or inside a write to stderr. So it only
+    sets this flag: no ``threading.Event`` (its lock is not reentrant), no logging (a
+    buffered stream refuses a reentrant write). The first ``is_set`` that sees the flag
+    logs the signal.
+    """
+
+    _POLL = 0.05
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._signal: int | None = None
+        self._logged = False
+
+    def set(self, signum: int | None = None) -> None:
+        self._signal = signum
+        self._requested = True
+
+    def is_set(self) -> bool:
+        if self._requested and not self._logged:
+            self._logged = True
+            if self._signal is not None:
+                log.info("stopping signal=%s", signal.Signals(self._signal).name)
+        return self._requested
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a stop is requested or ``timeout`` passes; whether it was requested."""
+        deadline = time.monotonic() + timeout
+        while not self._requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(self._POLL, remaining))
+        return self.is_set()
+
+
 @contextlib.contextmanager
-def stop_requested() -> Iterator[threading.Event]:
-    """An event set by SIGINT or SIGTERM while the block runs. Main thread only."""
-    event = threading.Event()
+def stop_requested() -> Iterator[StopRequest]:
+    """A flag set by SIGINT or SIGTERM while the block runs. Main thread only."""
+    event = StopRequest()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        log.info("stopping signal=%s", signal.Signals(signum).name)
-        event.set()
+        event.set(signum)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -32,7 +32,7 @@ import httpx
 from es_orders.brokers import Broker, Engine, choose_engine, port_is_free, start_broker
 from es_orders.config import Settings
 from es_orders.errors import BrokerError, EsOrdersError
-from es_orders.processes import RunDirectory, spawn, stop, stop_requested
+from es_orders.processes import RunDirectory, StopRequest, spawn, stop, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _watch(
     services: _Services,
     broker: Broker | None,
     bootstrap: str,
-    stop: threading.Event,
+    stop: StopRequest,
 ) -> None:
     """Wait for readiness, print the banner, then watch every part until ``stop``."""
     waiting_since = last_report = time.monotonic()
@@ -180,7 +180,7 @@ def _child_env(options: UpOptions, bootstrap: str, state_dir: Path) -> dict[str,
 
 
 def _start_everything(
-    options: UpOptions, services: _Services, stack: ExitStack, stop: threading.Event
+    options: UpOptions, services: _Services, stack: ExitStack, stop: StopRequest
 ) -> tuple[Broker | None, str]:
     """Start the broker (if ours) and the services; ``stack`` undoes it all in reverse."""
     settings = options.settings
