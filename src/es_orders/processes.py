@@ -148,6 +148,29 @@ class StopRequest:
         return self.is_set()
 
 
+def stop_all(children: Sequence[tuple[subprocess.Popen[bytes], str]], timeout: float) -> None:
+    """SIGTERM every child once, at once (they stop in parallel), then wait for them all.
+
+    What is still running ``timeout`` seconds later gets SIGKILL. One SIGTERM each: a
+    second one could reach a child after it put its default handler back, and kill it
+    mid-cleanup.
+    """
+    for process, name in children:
+        if process.poll() is None:
+            log.info("%s stopping pid=%s", name, process.pid)
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process, name in children:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "%s ignored SIGTERM, killing pid=%s timeout_s=%s", name, process.pid, timeout
+            )
+            process.kill()
+            process.wait()
+
+
 @contextlib.contextmanager
 def stop_requested() -> Iterator[StopRequest]:
     """A flag set by SIGINT or SIGTERM while the block runs. Main thread only."""

@@ -32,7 +32,7 @@ import httpx
 from es_orders.brokers import Broker, Engine, choose_engine, port_is_free, start_broker
 from es_orders.config import Settings
 from es_orders.errors import BrokerError, EsOrdersError
-from es_orders.processes import RunDirectory, StopRequest, spawn, stop, stop_requested
+from es_orders.processes import RunDirectory, StopRequest, spawn, stop_all, stop_requested
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,8 @@ class _Services:
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """SIGTERM every service, SIGKILL what is left after ``timeout``; sets ``clean``."""
+        stop_all([(service.process, service.name) for service in self.running], timeout)
         for service in self.running:
-            if service.process.poll() is None:
-                service.process.terminate()  # all at once: they stop in parallel
-        deadline = time.monotonic() + timeout
-        for service in self.running:
-            stop(service.process, service.name, max(0.0, deadline - time.monotonic()))
             service.echo.join(1.0)
             if service.process.returncode != 0:
                 self.clean = False

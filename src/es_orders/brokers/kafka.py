@@ -39,7 +39,7 @@ from es_orders.brokers.common import (
 )
 from es_orders.brokers.jars import KafkaRuntime, kafka_runtime
 from es_orders.errors import BrokerError
-from es_orders.processes import RunDirectory, spawn, stop
+from es_orders.processes import RunDirectory, spawn, stop, stop_all
 
 _log = logging.getLogger(__name__)
 
@@ -141,10 +141,9 @@ class KafkaNode:
             self.log_path,
         )
 
-    def terminate(self) -> None:
-        """Send SIGTERM without waiting (a cluster stops its nodes together)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._process
 
     def stop(self, timeout: float) -> int | None:
         if self._process is None:
@@ -354,9 +353,8 @@ class KafkaCluster(Broker):
         Returns 0 when every node exited cleanly, else the first other exit code. Safe to
         call more than once.
         """
-        for node in self.nodes:
-            node.terminate()
-        codes = [node.stop(timeout) for node in self.nodes]
+        stop_all([(n.process, f"kafka node {n.node_id}") for n in self.nodes if n.process], timeout)
+        codes = [node.returncode for node in self.nodes]
         failed = [c for c in codes if c not in (None, 0, 143)]
         code = failed[0] if failed else 0
         if self._owns_data_dir and not failed and not keep_data:
