@@ -15,6 +15,7 @@ from es_orders.brokers import free_port
 from es_orders.config import Settings
 from es_orders.errors import BrokerError, TopicConfigError
 from es_orders.kafka.admin import TopicSpec, ensure_topics, topic_specs
+from es_orders.kafka.partitioner import partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +167,24 @@ def test_records_come_back_in_order_per_key_through_a_consumer_group(
         expected[key].append(value)
     assert received == expected
     assert all(len(partitions) == 1 for partitions in partition_of.values())
+
+
+def test_partition_for_places_keys_where_the_producer_does(
+    kafka_config: dict[str, Any], topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}-seven"
+    ensure_topics(kafka_config, [TopicSpec(topic, 7)])
+    producer = Producer({**kafka_config, "partitioner": "murmur2_random"})
+    placed: dict[bytes, int] = {}
+
+    def delivered(error: Any, message: Any) -> None:
+        assert error is None, error
+        placed[message.key()] = message.partition()
+
+    keys = [f"order-{n}".encode() for n in range(200)]
+    for key in keys:
+        producer.produce(topic, key=key, value=b"x", on_delivery=delivered)
+    assert producer.flush(10) == 0
+
+    assert placed == {key: partition_for(key, 7) for key in keys}
+    assert len(set(placed.values())) == 7
