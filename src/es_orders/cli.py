@@ -27,6 +27,10 @@ BootstrapOption = Annotated[
     str | None,
     typer.Option("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]."),
 ]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Local state stores (default .es-orders/state; env ES_ORDERS_STATE_DIR)."),
+]
 RateOption = Annotated[
     float | None,
     typer.Option(
@@ -112,9 +116,7 @@ def broker(
 def query(
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8887).")] = None,
     bootstrap_servers: BootstrapOption = None,
-    state_dir: Annotated[
-        Path | None, typer.Option(help="Local state stores (default .es-orders/state).")
-    ] = None,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Run the query service: fold es-orders into local stores, serve GET /orders."""
     from es_orders.query.service import run_query_service
@@ -133,12 +135,16 @@ def command(
     bootstrap_servers: BootstrapOption = None,
     rate: RateOption = None,
     simulate: SimulateOption = True,
+    state_dir: StateDirOption = None,
 ) -> None:
     """Run the command service: validate commands, append order events, simulate traffic."""
     from es_orders.command.service import run_command_service
 
     settings = _settings(
-        command_port=port, bootstrap_servers=bootstrap_servers, simulator_rate=rate
+        command_port=port,
+        bootstrap_servers=bootstrap_servers,
+        simulator_rate=rate,
+        state_dir=state_dir,
     )
     try:
         _exit(

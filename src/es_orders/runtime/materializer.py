@@ -31,6 +31,7 @@ from es_orders.codec import encode_state
 from es_orders.kafka.records import position_of
 from es_orders.projection import Stored, fold_record
 from es_orders.runtime.clients import Counters, MaterializerConfig, open_clients
+from es_orders.runtime.origin import current_origin, differences
 from es_orders.runtime.partition import AssignedPartition, Phase, store_path
 from es_orders.runtime.replication import ReplicationError, Replicator
 from es_orders.runtime.restore import LocalStoreAheadError, restore_partitions
@@ -137,12 +138,20 @@ class Materializer:
             self.config.source_topic,
             [tp.partition for tp in partitions],
         )
+        origin = (
+            current_origin(
+                self.config.kafka, [self.config.source_topic, self.config.changelog_topic]
+            )
+            if partitions
+            else {}
+        )
         for tp in partitions:
             path = store_path(
                 self.config.state_dir, self.config.group_id, self.config.source_topic, tp.partition
             )
             # Registered before the restore so that readiness shows its progress.
-            self._partitions[tp.partition] = AssignedPartition(tp.partition, path)
+            part = self._partitions[tp.partition] = AssignedPartition(tp.partition, path)
+            self._check_origin(part, origin)
         self._restore([tp.partition for tp in partitions])
         committed = consumer.committed(partitions, timeout=30) if partitions else []
         for tp, group_offset in zip(partitions, committed, strict=True):
@@ -163,6 +172,21 @@ class Materializer:
         self.readable = dict(self._partitions)
         self._assigned_once = True
         consumer.assign(partitions)
+
+    def _check_origin(self, part: AssignedPartition, origin: dict[str, str]) -> None:
+        """Discard a store whose positions belong to another cluster or topic; stamp it."""
+        conflicts = differences(part.store.origin(), origin)
+        if conflicts:
+            log.warning(
+                "discarding the local store of partition %d: it belongs to another history "
+                "of the topics (%s); rebuilding it from the changelog path=%s",
+                part.number,
+                "; ".join(conflicts),
+                part.path,
+            )
+            part.wipe()
+        if origin:
+            part.store.set_origin({**part.store.origin(), **origin})
 
     def _restore(self, numbers: list[int]) -> None:
         assert self._restorer is not None

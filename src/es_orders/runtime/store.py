@@ -2,7 +2,9 @@
 
 Each row keeps the state JSON (as the codec wrote it) and the offset of the last event
 folded into it; ``meta`` keeps the partition's consumed position and how far the
-changelog has been read. A checkpoint writes rows and positions in one transaction, so a
+changelog has been read; ``origin`` says which cluster, topics and partition those
+positions belong to, since an offset means nothing in another history of the topics.
+A checkpoint writes rows and positions in one transaction, so a
 reader (WAL mode, its own connection) never sees half a batch and a crash leaves either
 the old checkpoint or the new one.
 """
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS orders (
     source_offset INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS origin (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 # Restore keeps, per key, the row with the highest source offset (docs/architecture.md,
 # "Exactly-once state without broker transactions").
@@ -80,6 +83,15 @@ class PartitionStore:
     def position(self) -> StorePosition:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         return StorePosition(consumed=meta.get(CONSUMED), changelog=meta.get(CHANGELOG, 0))
+
+    def origin(self) -> dict[str, str]:
+        """Which cluster, topics and partition the positions belong to (empty: not recorded)."""
+        return dict(self._db.execute("SELECT key, value FROM origin").fetchall())
+
+    def set_origin(self, origin: dict[str, str]) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM origin")
+            db.executemany("INSERT INTO origin (key, value) VALUES (?, ?)", origin.items())
 
     def get(self, order_id: str) -> tuple[bytes, int] | None:
         row = self._db.execute(
