@@ -51,6 +51,11 @@ def _consumer_event(message: Message, error: KafkaError, at_end: list[int]) -> N
         log.warning("consumer error=%s", error)
 
 
+def _keeps(error: KafkaError | None) -> bool:
+    """Whether a consumer event outlives its partition: any error but a partition's end."""
+    return error is not None and error.code() != KafkaError._PARTITION_EOF
+
+
 _SLICE = 2_000
 
 
@@ -68,6 +73,9 @@ class Materializer:
         self._consumer: Consumer | None = None
         self._replicator: Replicator | None = None
         self._restorer: Consumer | None = None
+        # Set when a rebalance callback takes partitions away; ``consume`` serves them, so
+        # it can happen halfway through gathering a batch.
+        self._released = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -106,12 +114,18 @@ class Materializer:
         Taken in small slices: building Message objects holds the GIL, and one call for
         50,000 would keep HTTP threads waiting for tens of milliseconds.
         """
+        self._released = False
         batch = [first]
         while len(batch) < self.config.max_batch:
             more = consumer.consume(min(_SLICE, self.config.max_batch - len(batch)), timeout=0)
             if not more:
                 break
             batch += more
+        if self._released:
+            # Records of partitions taken away meanwhile are no longer ours to fold: the
+            # next owner reads them again from the offset committed on revoke.
+            held = self._partitions
+            batch = [m for m in batch if m.partition() in held or _keeps(m.error())]
         return batch
 
     def _close(self) -> None:
@@ -224,6 +238,7 @@ class Materializer:
             return
 
     def _release(self, partitions: list[TopicPartition]) -> None:
+        self._released = True
         for tp in partitions:
             part = self._partitions.pop(tp.partition, None)
             if part is not None:
