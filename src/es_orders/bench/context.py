@@ -29,6 +29,8 @@ class BenchOptions:
     # The latency phase preloads enough events to keep the service folding throughout
     # both windows, sized from the measured fold rate, but never more than this.
     latency_max_events: int = 2_000_000
+    # Join, rebalance and leave of a consumer group, this often per group protocol.
+    group_trials: int = 5
     engine: Engine = "kafka"
 
     @classmethod
@@ -40,6 +42,7 @@ class BenchOptions:
             latency_seconds=1.0,
             command_seconds=1.0,
             latency_max_events=30_000,
+            group_trials=1,
         )
 
     def validate(self) -> None:
@@ -49,6 +52,8 @@ class BenchOptions:
             raise ValueError("--restore-orders and --partitions must be at least 1")
         if min(self.latency_seconds, self.command_seconds) <= 0:
             raise ValueError("phase durations must be positive")
+        if self.group_trials < 1:
+            raise ValueError("group trials must be at least 1")
 
 
 @dataclass(slots=True)

@@ -62,6 +62,13 @@ FIGURES = (
     Figure("command.visible.p50_ms", "Command to visible p50", "ms"),
     Figure("command.visible.p99_ms", "Command to visible p99", "ms", "<= 100 ms", at_most=100.0),
     Figure("command.visible.max_ms", "Command to visible max", "ms"),
+    # Consumer groups on a 3-partition topic, medians (bench/groups.py).
+    Figure("groups.classic.join_s", "Group join, classic protocol", "s", "(as the services)"),
+    Figure("groups.classic.rebalance_s", "  2nd member joins: both hold some", "s"),
+    Figure("groups.classic.leave_s", "  2nd member closes: 1st holds all", "s"),
+    Figure("groups.consumer.join_s", "Group join, consumer protocol", "s", "(KIP-848)"),
+    Figure("groups.consumer.rebalance_s", "  2nd member joins: both hold some", "s"),
+    Figure("groups.consumer.leave_s", "  2nd member closes: 1st holds all", "s"),
 )
 
 # Counts that explain the figures; zero is often the right answer here.
@@ -76,6 +83,13 @@ CHECKS = (
     ("latency.list.errors", "GET /orders?limit=100 errors"),
     ("command.acknowledged.p99_ms", "command acknowledged (acks=all) p99, ms"),
     ("command.visible.errors", "commands failed or not visible within 10 s"),
+    ("groups.trials", "group trials per protocol (group figures are medians)"),
+    ("groups.broker.consumer_heartbeat_ms", "broker group.consumer.heartbeat.interval.ms"),
+    ("groups.broker.consumer_session_timeout_ms", "broker group.consumer.session.timeout.ms"),
+    ("groups.classic.rebalance_revoked", "classic: partitions the 1st member gave up on a join"),
+    ("groups.consumer.rebalance_revoked", "consumer: partitions the 1st member gave up"),
+    ("groups.classic.rebalance_idle_s", "classic: s the 1st member held none on a join"),
+    ("groups.consumer.rebalance_idle_s", "consumer: s the 1st member held none on a join"),
 )
 
 

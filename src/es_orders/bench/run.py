@@ -20,6 +20,7 @@ import httpx
 from rich.console import Console
 
 from es_orders.bench.context import Bench, BenchOptions, Results
+from es_orders.bench.groups import measure_groups
 from es_orders.bench.interactive import measure_command_to_visible, measure_query_latency
 from es_orders.bench.ours import measure_fold, measure_restore
 from es_orders.bench.quix import measure_quix_fold, measure_quix_restore
@@ -127,3 +128,5 @@ def _phases(bench: Bench) -> None:
     measure_query_latency(bench, figures["fold.events_per_s"])
     log.info("bench phase=command-to-visible")
     measure_command_to_visible(bench)
+    log.info("bench phase=groups")
+    measure_groups(bench)

@@ -414,6 +414,13 @@ def _server_properties(node: KafkaNode, voters: str, nodes: int) -> str:
         # Tests restart group members often; sessions of 1 s or more are allowed (Kafka's
         # default floor is 6 s; the services default to 6 s anyway).
         "group.min.session.timeout.ms": 1000,
+        # Members using the consumer group protocol (KIP-848) get the timings classic
+        # members get from the services (6 s sessions, 1 s heartbeats), not 45 s and 5 s:
+        # the benchmark compares the two protocols on equal terms.
+        "group.consumer.heartbeat.interval.ms": 1000,
+        "group.consumer.min.heartbeat.interval.ms": 1000,
+        "group.consumer.session.timeout.ms": 6000,
+        "group.consumer.min.session.timeout.ms": 1000,
         # The cleaner looks for dirty compacted logs every second, not every 15 s, so a
         # changelog's compaction can be seen within a test.
         "log.cleaner.backoff.ms": 1000,
