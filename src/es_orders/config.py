@@ -12,6 +12,9 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The largest request body the command service reads (its bodies are a few hundred bytes).
+DEFAULT_MAX_BODY_BYTES = 65_536
+
 
 class Settings(BaseSettings):
     """Every knob of es-orders; see docs/architecture.md, "Configuration"."""
@@ -37,6 +40,13 @@ class Settings(BaseSettings):
     simulator_rate: float = Field(default=1.0, ge=0.0, le=100_000.0)
     host: str = "127.0.0.1"
     api_token: str | None = None
+    # A write with a larger body is refused with 413 payload-too-large, unread.
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, le=2**31)
+    # The longest a command may take, from its arrival: waiting for its order's turn and
+    # for the broker's acknowledgement. Past it the client gets a 503 with Retry-After
+    # (a partition without a leader, or without enough in-sync replicas, would otherwise
+    # hold it for librdkafka's whole message timeout).
+    command_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
     # Extra librdkafka properties: ES_ORDERS_KAFKA__SECURITY_PROTOCOL=SASL_SSL.
     kafka: dict[str, str] = Field(default_factory=dict)
 

@@ -84,6 +84,7 @@ def make_handler(
         log,
         ready or Switch(),
         ack_timeout=options.get("ack_timeout", 5.0),
+        command_timeout=options.get("command_timeout"),
         doubt_window=options.get("doubt_window", 30.0),
         clock=lambda: T0,
         new_event_id=lambda: f"event-{next(counter)}",

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from es_orders.command.problems import (
-    NOT_ACKNOWLEDGED_TYPE,
-    ORDER_CANCELLED_TYPE,
-    ORDER_EXISTS_TYPE,
-    ORDER_IN_DOUBT_TYPE,
-    ORDER_NOT_FOUND_TYPE,
+from es_orders.http import PROBLEM_MEDIA_TYPE
+from es_orders.http.problems import (
+    NOT_READY,
+    ORDER_CANCELLED,
+    ORDER_EXISTS,
+    ORDER_IN_DOUBT,
+    ORDER_NOT_FOUND,
+    VALIDATION_ERROR,
+    WRITE_NOT_ACKNOWLEDGED,
 )
-from es_orders.http import PROBLEM_MEDIA_TYPE, VALIDATION_ERROR_TYPE
-from es_orders.http.health import NOT_READY_TYPE
 from tests.unit.command_support import ORDER, ApiService, problem
+
+NOT_ACKNOWLEDGED_TYPE = WRITE_NOT_ACKNOWLEDGED.type
+NOT_READY_TYPE = NOT_READY.type
+ORDER_CANCELLED_TYPE = ORDER_CANCELLED.type
+ORDER_EXISTS_TYPE = ORDER_EXISTS.type
+ORDER_IN_DOUBT_TYPE = ORDER_IN_DOUBT.type
+ORDER_NOT_FOUND_TYPE = ORDER_NOT_FOUND.type
+VALIDATION_ERROR_TYPE = VALIDATION_ERROR.type
 
 
 @pytest.fixture
@@ -124,7 +134,8 @@ def test_invalid_values_are_422_with_the_field(
     ("fields", "loc"),
     [
         ({"id": "has space"}, ["body", "id"]),
-        ({"id": "x" * 65}, ["body", "id"]),
+        ({"id": "x" * 257}, ["body", "id"]),
+        ({"user_id": "u" * 257}, ["body", "user_id"]),
         ({"user_id": ""}, ["body", "user_id"]),
         ({"quantity": None}, ["body", "quantity"]),
     ],
@@ -143,7 +154,18 @@ def test_an_invalid_order_id_in_the_path_is_422(service: ApiService) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", [b'{"price": ', b"[]", b"null", b"\xff\xfe", b'{"price": 1} trailing']
+    "content",
+    [
+        b'{"price": ',
+        b"[]",
+        b"null",
+        b"\xff\xfe",
+        b'{"price": 1} trailing',
+        b'{"price": "\xff"}',  # not UTF-8
+        b'{"product_id": "caf\xe9"}',  # Latin-1
+        b"[" * 10_000 + b"]" * 10_000,  # nested deeper than any parser recursion limit
+        b'{"price": ' + b'{"a": ' * 5_000 + b"1" + b"}" * 5_001,  # under the body limit
+    ],
 )
 def test_malformed_json_is_422_never_500(service: ApiService, content: bytes) -> None:
     service.create("1")
@@ -151,6 +173,35 @@ def test_malformed_json_is_422_never_500(service: ApiService, content: bytes) ->
         "/orders/1/price", content=content, headers={"content-type": "application/json"}
     )
     problem(response, 422, VALIDATION_ERROR_TYPE)
+    assert len(service.log.events) == 1
+
+
+def _strict_json(text: str) -> Any:
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"price": NaN}',
+        b'{"price": Infinity}',
+        b'{"price": -Infinity}',
+        b'{"price": 1e400}',  # valid JSON, but no finite float
+        b'{"price": 1, "expected_version": NaN}',
+        b'{"price": [NaN, {"x": Infinity}]}',
+    ],
+)
+def test_non_finite_numbers_are_422_in_strict_json(service: ApiService, content: bytes) -> None:
+    service.create("1")
+    response = service.client.post(
+        "/orders/1/price", content=content, headers={"content-type": "application/json"}
+    )
+    problem(response, 422, VALIDATION_ERROR_TYPE)
+    _strict_json(response.text)  # the answer itself is JSON a strict parser reads
+    assert len(service.log.events) == 1
 
 
 def test_a_number_too_long_to_parse_is_a_client_error_not_500(service: ApiService) -> None:

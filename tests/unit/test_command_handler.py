@@ -67,6 +67,21 @@ def test_the_pruner_drops_what_the_view_has_caught_up_with() -> None:
     assert handler.current("2") is not None  # still known through the overlay
 
 
+def test_pruning_keeps_the_entries_of_a_partition_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    view, log = LaggingView(), RecordingLog()
+    handler = make_handler(view, log)
+    handler.handle(create())
+    view.fold(log.events)
+
+    def revoked(order_id: str) -> None:
+        raise NotReadyError((f"partition of {order_id}: revoked",))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(view, "get", revoked)  # a rebalance took the partition away
+        assert handler.prune() == 1  # kept, and no error to end the pruner with
+    assert handler.prune() == 0
+
+
 def test_an_overlay_entry_ahead_of_the_view_is_kept() -> None:
     view, log = LaggingView(), RecordingLog()
     handler = make_handler(view, log)

@@ -9,9 +9,12 @@ from es_orders.command.preconditions import (
     expected_version,
     parse_if_match,
 )
-from es_orders.command.problems import UNAUTHORIZED_TYPE, VERSION_CONFLICT_TYPE
-from es_orders.http import VALIDATION_ERROR_TYPE
+from es_orders.http.problems import UNAUTHORIZED, VALIDATION_ERROR, VERSION_CONFLICT
 from tests.unit.command_support import ORDER, ApiService, problem
+
+UNAUTHORIZED_TYPE = UNAUTHORIZED.type
+VALIDATION_ERROR_TYPE = VALIDATION_ERROR.type
+VERSION_CONFLICT_TYPE = VERSION_CONFLICT.type
 
 TOKEN = "s3cret-token"
 
@@ -58,6 +61,21 @@ def test_an_if_match_that_names_no_single_version_is_422(service: ApiService, he
     )
     body = problem(response, 422, VALIDATION_ERROR_TYPE)
     assert body["errors"][0]["loc"] == ["header", "If-Match"]
+
+
+@pytest.mark.parametrize("second", ['"1"', '"2"', "*"])
+def test_two_if_match_headers_are_422_like_a_list_on_one_line(
+    service: ApiService, second: str
+) -> None:
+    service.create("1")
+    response = service.client.post(
+        "/orders/1/price",
+        json={"price": 13},
+        headers=[("If-Match", '"1"'), ("If-Match", second)],
+    )
+    body = problem(response, 422, VALIDATION_ERROR_TYPE)
+    assert body["errors"][0]["loc"] == ["header", "If-Match"]
+    assert len(service.log.events) == 1
 
 
 def test_if_match_and_expected_version_must_agree(service: ApiService) -> None:

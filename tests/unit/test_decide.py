@@ -136,13 +136,18 @@ def test_a_stale_expected_version_wins_over_an_idempotent_no_op() -> None:
         run(ChangePrice("1", 7, expected_version=1), state)
 
 
+def test_an_order_id_as_long_as_an_event_may_carry_is_accepted() -> None:
+    [created_event] = run(CreateOrder("x" * 256, "u" * 256, "p" * 256, 1, 1), None)
+    assert created_event.order_id == "x" * 256
+
+
 @pytest.mark.parametrize(
     ("command", "field"),
     [
         (CreateOrder("", "u", "p", 1, 1), "order_id"),
         (CreateOrder("a/b", "u", "p", 1, 1), "order_id"),
         (CreateOrder("-a", "u", "p", 1, 1), "order_id"),
-        (CreateOrder("x" * 65, "u", "p", 1, 1), "order_id"),
+        (CreateOrder("x" * 257, "u", "p", 1, 1), "order_id"),
         (CreateOrder("1", "", "p", 1, 1), "user_id"),
         (CreateOrder("1", "u", "", 1, 1), "product_id"),
         (CreateOrder("1", "u", "p" * 257, 1, 1), "product_id"),
@@ -152,6 +157,7 @@ def test_a_stale_expected_version_wins_over_an_idempotent_no_op() -> None:
         (ChangePrice("1", -5), "price"),
         (ChangeQuantity("1", -1), "quantity"),
         (ChangeProduct("1", ""), "product_id"),
+        (ChangeProduct("1", "p" * 257), "product_id"),
         (CancelOrder("1", "r" * 257), "reason"),
     ],
 )

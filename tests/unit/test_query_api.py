@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -15,60 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from es_orders.codec import encode_state
-from es_orders.domain import OrderState, OrderStatus
 from es_orders.http import PROBLEM_MEDIA_TYPE, ProblemError
 from es_orders.query import create_query_app
-from es_orders.query.api import OrderStateModel
-from es_orders.runtime.views import Readiness
+from es_orders.runtime.clients import Counters
+from es_orders.runtime.views import PartitionNotHeldError, Readiness
+from tests.unit.query_support import InMemoryView, fill, state_json
 
-T0 = datetime(2026, 11, 28, 14, 0, tzinfo=UTC)
 NEXT_LINK = re.compile(r'^<([^>]*)>; rel="next"$')
-
-
-def state_json(order_id: str, version: int = 1) -> bytes:
-    return encode_state(
-        OrderState(
-            id=order_id,
-            user_id="u1",
-            product_id="57",
-            quantity=2,
-            price=12,
-            status=OrderStatus.OPEN,
-            version=version,
-            created_at=T0,
-            updated_at=T0 + timedelta(seconds=version),
-        )
-    )
-
-
-class InMemoryView:
-    """An OrderView over a dict, ids kept sorted as the store keeps them."""
-
-    def __init__(self, readiness: Readiness | None = None) -> None:
-        self.states: dict[str, bytes] = {}
-        self.ids: list[str] = []
-        self.state_of_readiness = readiness or Readiness(ready=True, partitions={0: "caught-up"})
-        self.page_calls: list[tuple[str | None, int]] = []
-
-    def put(self, order_id: str, state: bytes) -> None:
-        if order_id not in self.states:
-            bisect.insort(self.ids, order_id)
-        self.states[order_id] = state
-
-    def get(self, order_id: str) -> bytes | None:
-        return self.states.get(order_id)
-
-    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        self.page_calls.append((after, limit))
-        start = 0 if after is None else bisect.bisect_right(self.ids, after)
-        return [(i, self.states[i]) for i in self.ids[start : start + limit]]
-
-    def readiness(self) -> Readiness:
-        return self.state_of_readiness
-
-    def stats(self) -> dict[str, float]:
-        return {"consumed": float(len(self.states))}
 
 
 class BrokenView(InMemoryView):
@@ -85,11 +36,6 @@ def view() -> InMemoryView:
 def client(view: InMemoryView) -> Iterator[TestClient]:
     with TestClient(create_query_app(view)) as test_client:
         yield test_client
-
-
-def fill(view: InMemoryView, ids: list[str]) -> None:
-    for order_id in ids:
-        view.put(order_id, state_json(order_id))
 
 
 def walk(client: TestClient, first_url: str) -> tuple[list[str], list[int]]:
@@ -321,11 +267,11 @@ def test_openapi_documents_paths_models_and_problems(client: TestClient) -> None
     }
     get_order = document["paths"]["/orders/{order_id}"]["get"]["responses"]
     ok_schema = get_order["200"]["content"]["application/json"]["schema"]
-    assert ok_schema["$ref"].endswith("/OrderStateModel")
+    assert ok_schema["$ref"].endswith("/OrderState")
     assert PROBLEM_MEDIA_TYPE in get_order["404"]["content"]
     list_422 = document["paths"]["/orders"]["get"]["responses"]["422"]
     assert set(list_422["content"]) == {PROBLEM_MEDIA_TYPE}
-    state_fields = document["components"]["schemas"]["OrderStateModel"]["properties"]
+    state_fields = document["components"]["schemas"]["OrderState"]["properties"]
     assert set(state_fields) == {
         "id",
         "user_id",
@@ -338,13 +284,6 @@ def test_openapi_documents_paths_models_and_problems(client: TestClient) -> None
         "updated_at",
     }
     assert client.get("/docs").status_code == 200
-
-
-def test_the_state_model_accepts_what_the_codec_writes() -> None:
-    model = OrderStateModel.model_validate_json(state_json("1", version=3))
-
-    assert model.version == 3
-    assert model.status == "open"
 
 
 def test_unknown_route_is_a_404_problem(client: TestClient) -> None:
@@ -396,9 +335,60 @@ def test_problem_error_title_defaults_to_the_status_phrase() -> None:
     }
 
 
-def test_stats_reports_the_view_counters() -> None:
-    view = InMemoryView()
-    view.put("a", b'{"version": 1}')
+def test_stats_reports_counts_as_integers_and_instants_as_seconds(view: InMemoryView) -> None:
+    view.counters = Counters(
+        consumed=27,
+        changed=9,
+        duplicates=1,
+        gaps=2,
+        replayed=3,
+        dead_letters=4,
+        changelog_records=9,
+        restored_records=5,
+        batches=6,
+        first_record_at=1_764_338_401.25,
+        last_checkpoint_at=1_764_338_402.5,
+    )
     response = TestClient(create_query_app(view)).get("/stats")
     assert response.status_code == 200
-    assert response.json() == {"consumed": 1.0}
+    assert '"consumed":27,' in response.text
+    assert response.json() == {
+        "consumed": 27,
+        "changed": 9,
+        "duplicates": 1,
+        "gaps": 2,
+        "replayed": 3,
+        "dead_letters": 4,
+        "changelog_records": 9,
+        "restored_records": 5,
+        "batches": 6,
+        "first_record_at": 1_764_338_401.25,
+        "last_checkpoint_at": 1_764_338_402.5,
+    }
+    counts = {k: v for k, v in response.json().items() if not k.endswith("_at")}
+    assert all(type(count) is int for count in counts.values()), counts
+
+
+class _NothingHeld(InMemoryView):
+    """A view whose instance holds no partition now (revoked, or lost with the group)."""
+
+    def get(self, order_id: str) -> bytes | None:
+        raise PartitionNotHeldError(2)
+
+    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        raise PartitionNotHeldError(None)
+
+
+def test_a_read_this_instance_cannot_answer_is_503_never_404() -> None:
+    client = TestClient(create_query_app(_NothingHeld()))
+
+    one = client.get("/orders/42")
+    listing = client.get("/orders")
+
+    for response in (one, listing):
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["type"].endswith("/partition-unavailable")
+    assert one.json()["partition"] == 2
+    assert listing.json()["partition"] is None

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from es_orders.codec import decode_state, encode_event
+from es_orders.command.errors import NotReadyError
 from es_orders.domain import Event, OrderState
 from es_orders.kafka.producer import AckedProducer, Delivered
-from es_orders.runtime.views import OrderView, Readiness
+from es_orders.runtime.views import OrderView, PartitionNotHeldError, Readiness
 
 
 class ViewStates:
@@ -18,7 +19,11 @@ class ViewStates:
         self._view = view
 
     def get(self, order_id: str) -> OrderState | None:
-        raw = self._view.get(order_id)
+        try:
+            raw = self._view.get(order_id)
+        except PartitionNotHeldError as exc:
+            # Revoked since readiness was checked: decide nothing against a partial view.
+            raise NotReadyError((str(exc),)) from exc
         return None if raw is None else decode_state(raw)
 
 

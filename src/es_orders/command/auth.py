@@ -12,8 +12,8 @@ import hmac
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from es_orders.command.problems import UNAUTHORIZED_TYPE
 from es_orders.http import ProblemError, problem_response
+from es_orders.http.problems import UNAUTHORIZED
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM = "es-orders"
@@ -36,13 +36,7 @@ def unauthorized(authorization: str | None) -> ProblemError:
     else:
         challenge += ', error="invalid_token"'
         detail = "the bearer token is not valid"
-    return ProblemError(
-        401,
-        detail,
-        title="Unauthorized",
-        type=UNAUTHORIZED_TYPE,
-        headers={"WWW-Authenticate": challenge},
-    )
+    return UNAUTHORIZED(detail, headers={"WWW-Authenticate": challenge})
 
 
 class BearerTokenMiddleware:

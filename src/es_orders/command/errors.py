@@ -27,6 +27,20 @@ class AppendError(CommandUnavailableError):
     """The broker did not acknowledge the event; whether it was written is unknown."""
 
 
+class CommandTimeoutError(CommandUnavailableError):
+    """The command was not decided within the command timeout; nothing was appended."""
+
+    def __init__(self, order_id: str, timeout: float) -> None:
+        super().__init__(
+            f"order {order_id!r}: the command was not decided within the command timeout "
+            f"({timeout:g} s): earlier commands of this order, or of one sharing its lock, "
+            "are still waiting for the broker's acknowledgement, or the service is busy. "
+            "Nothing was appended; retry shortly"
+        )
+        self.order_id = order_id
+        self.timeout = timeout
+
+
 class OrderInDoubtError(CommandUnavailableError):
     """An earlier event of this order may or may not have been written; wait until it shows."""
 

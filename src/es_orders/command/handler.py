@@ -22,6 +22,14 @@ order's overlay entry is dropped and, until the view shows that version (or
 ``doubt_window`` passes without it), further commands on the order are refused with
 ``OrderInDoubtError`` rather than decided against a state that may be one event behind:
 the next event would reuse the version, and the fold would drop it as a duplicate.
+
+A command has ``command_timeout`` seconds from its arrival, for its turn at the lock and
+for the acknowledgement together: a partition without a leader must not hold a client
+(and a worker thread) for librdkafka's whole message timeout. A command still waiting
+for its turn then is refused with ``CommandTimeoutError`` (nothing appended); one waiting
+for its acknowledgement gets ``AppendError`` and puts its order in doubt. Such an event
+may still be written until librdkafka gives up on it (``ack_timeout``), so the doubt
+window is counted from then.
 """
 
 from __future__ import annotations
@@ -37,7 +45,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from es_orders.command.errors import AppendError, NotReadyError, OrderInDoubtError
+from es_orders.command.errors import (
+    AppendError,
+    CommandTimeoutError,
+    CommandUnavailableError,
+    NotReadyError,
+    OrderInDoubtError,
+)
 from es_orders.domain import Command, Event, OrderState, decide, evolve
 from es_orders.errors import EsOrdersError
 from es_orders.runtime.views import Readiness
@@ -48,7 +62,11 @@ _LOCK_STRIPES = 256
 
 
 class OrderStates(Protocol):
-    """The view the handler decides against: what the event log has folded so far."""
+    """The view the handler decides against: what the event log has folded so far.
+
+    ``get`` raises a ``CommandUnavailableError`` (``NotReadyError``) while the order's
+    partition is not held by this instance.
+    """
 
     def get(self, order_id: str) -> OrderState | None: ...
 
@@ -117,6 +135,7 @@ class CommandHandler:
         readiness: Callable[[], Readiness],
         *,
         ack_timeout: float,
+        command_timeout: float | None = None,
         doubt_window: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
@@ -124,7 +143,10 @@ class CommandHandler:
         self._states = states
         self._events = events
         self._readiness = readiness
+        # How long librdkafka may take to report on an event (its message timeout and a
+        # margin), and how long a command may take in all (None: as long as that).
         self._ack_timeout = ack_timeout
+        self._command_timeout = command_timeout
         self._doubt_window = doubt_window
         self._clock = clock
         self._new_event_id = new_event_id
@@ -145,46 +167,73 @@ class CommandHandler:
         pending = self._overlay.get(order_id)
         return pending if pending is not None else self._states.get(order_id)
 
-    def handle(self, command: Command) -> Accepted:
-        """Decide and append ``command``; raise a ``DomainError`` or ``CommandUnavailableError``."""
+    def handle(self, command: Command, *, received_at: float | None = None) -> Accepted:
+        """Decide and append ``command``; raise a ``DomainError`` or ``CommandUnavailableError``.
+
+        ``received_at`` (``time.monotonic()``) is when the command arrived, which starts
+        its command timeout; None: now.
+        """
+        started = time.monotonic() if received_at is None else received_at
+        deadline = started + (self._command_timeout or self._ack_timeout)
         readiness = self._readiness()
         if not readiness.ready:
             raise NotReadyError(readiness.waiting_for)
         order_id = command.order_id
         # crc32, not hash(): the stripe of an id must not depend on the process's hash seed.
-        with self._locks[zlib.crc32(order_id.encode()) % _LOCK_STRIPES]:
+        lock = self._locks[zlib.crc32(order_id.encode()) % _LOCK_STRIPES]
+        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise CommandTimeoutError(order_id, deadline - started)
+        try:
+            if time.monotonic() >= deadline:
+                raise CommandTimeoutError(order_id, deadline - started)
             self._check_doubt(order_id)
             state = self.current(order_id)
             events = decide(command, state, now=self._clock(), new_event_id=self._new_event_id)
             for event in events:
-                self._append(event)
+                self._append(event, deadline)
                 state = evolve(state, event).state
                 self._overlay.put(state)
+        finally:
+            lock.release()
         assert state is not None  # decide refuses a change to a missing order
         return Accepted(order_id, state.version, len(events))
 
-    def _append(self, event: Event) -> None:
+    def _append(self, event: Event, deadline: float) -> None:
+        sent_at = time.monotonic()
         try:
             future = self._events.append(event)
         except EsOrdersError as exc:  # not queued, so not written: no doubt about it
             raise AppendError(f"cannot append the event: {exc}") from exc
+        waited = min(self._ack_timeout, max(0.0, deadline - sent_at))
         try:
-            future.result(timeout=self._ack_timeout)
-        except (EsOrdersError, TimeoutError) as exc:
-            self._doubts[event.order_id] = _Doubt(
-                event.version, time.monotonic() + self._doubt_window
-            )
-            self._overlay.drop(event.order_id)
-            log.warning(
-                "event not acknowledged order=%s version=%s error=%s",
-                event.order_id,
-                event.version,
-                str(exc) or "no report in time",
-            )
+            future.result(timeout=waited)
+        except TimeoutError as exc:
+            # librdkafka may still write it, until it reports on it: the doubt lasts from then.
+            self._doubt(event, sent_at + self._ack_timeout, "no report in time")
             raise AppendError(
                 f"the broker did not acknowledge version {event.version} of order "
-                f"{event.order_id!r} in time; it may or may not have been written"
+                f"{event.order_id!r} in time ({waited:.2g} s): its partition may have no "
+                "leader or too few in-sync replicas right now. The event may or may not be "
+                "written; until that is known, commands on this order are refused"
             ) from exc
+        except EsOrdersError as exc:
+            self._doubt(event, time.monotonic(), str(exc))
+            raise AppendError(
+                f"the broker did not acknowledge version {event.version} of order "
+                f"{event.order_id!r}; it may or may not have been written"
+            ) from exc
+
+    def _doubt(self, event: Event, settled_at: float, error: str) -> None:
+        """Refuse commands on the event's order until the view shows it, or the window passes
+        after ``settled_at`` (when librdkafka has reported on the event, or must have)."""
+        self._doubts[event.order_id] = _Doubt(event.version, settled_at + self._doubt_window)
+        self._overlay.drop(event.order_id)
+        log.warning(
+            "event not acknowledged order=%s version=%s error=%s",
+            event.order_id,
+            event.version,
+            error,
+        )
 
     def _check_doubt(self, order_id: str) -> None:
         doubt = self._doubts.get(order_id)
@@ -207,7 +256,13 @@ class CommandHandler:
         """Drop overlay entries the view has caught up with; how many are left."""
         left = 0
         for pending in self._overlay.snapshot():
-            stored = self._states.get(pending.id)
+            try:
+                stored = self._states.get(pending.id)
+            except CommandUnavailableError:
+                # Its partition is not held right now (a rebalance): keep the entry. An
+                # error here would end the pruner's thread, and with it the service.
+                left += 1
+                continue
             if stored is not None and stored.version >= pending.version:
                 self._overlay.discard(pending)
             else:

@@ -13,11 +13,12 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from es_orders.domain.decider import MAX_TEXT
-from es_orders.domain.events import MAX_INT, MIN_PRICE, MIN_QUANTITY
+from es_orders.domain.events import MAX_ID_LENGTH, MAX_INT, MIN_PRICE, MIN_QUANTITY
 
 Quantity = Annotated[int, Field(ge=MIN_QUANTITY, le=MAX_INT, examples=[2])]
 Price = Annotated[int, Field(ge=MIN_PRICE, le=MAX_INT, description="In minor units.")]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
+IdText = Annotated[str, Field(max_length=MAX_ID_LENGTH)]
 ExpectedVersion = Annotated[
     int | None,
     Field(
@@ -35,10 +36,15 @@ class _Body(BaseModel):
 class CreateOrderBody(_Body):
     id: Annotated[
         str | None,
-        Field(max_length=64, description="Omit to let the service pick one.", examples=["1"]),
+        Field(
+            max_length=MAX_ID_LENGTH,
+            description="Omit to let the service pick one. Letters, digits and `._:@-`, "
+            "not starting with a punctuation mark.",
+            examples=["1"],
+        ),
     ] = None
-    user_id: Annotated[Text, Field(examples=["1"])]
-    product_id: Annotated[Text, Field(examples=["57"])]
+    user_id: Annotated[IdText, Field(examples=["1"])]
+    product_id: Annotated[IdText, Field(examples=["57"])]
     quantity: Quantity
     price: Annotated[Price, Field(examples=[12])]
 
@@ -54,7 +60,7 @@ class ChangeQuantityBody(_Body):
 
 
 class ChangeProductBody(_Body):
-    product_id: Annotated[Text, Field(examples=["58"])]
+    product_id: Annotated[IdText, Field(examples=["58"])]
     expected_version: ExpectedVersion = None
 
 

@@ -3,13 +3,15 @@
     DomainError (the order's rules)          CommandUnavailableError (try again later)
     ├── InvalidCommandError      422         ├── NotReadyError          503 not-ready
     ├── OrderNotFoundError       404         ├── AppendError            503 write-not-acknowledged
-    ├── OrderAlreadyExistsError  409         └── OrderInDoubtError      503 order-in-doubt
-    ├── OrderIsCancelledError    409
-    └── VersionConflictError     412         InvalidPreconditionError   422 (If-Match)
+    ├── OrderAlreadyExistsError  409         ├── CommandTimeoutError    503 command-timeout
+    ├── OrderIsCancelledError    409         └── OrderInDoubtError      503 order-in-doubt
+    └── VersionConflictError     412
+                                             InvalidPreconditionError   422 (If-Match)
 
-A 422 always has the shape of a request validation problem (``errors`` with ``loc``,
-``msg``, ``type``), whether pydantic or the domain found the value wrong, so a client
-handles one kind of 422.
+Each maps to an entry of the catalogue in ``http.problems``, whose builders give the
+problems both services share their one shape: a 422 here is the same
+``validation_problem`` as a request pydantic refused, a not-ready the same as
+``/health/ready``'s.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from typing import Literal, assert_never
 
 from es_orders.command.errors import (
     AppendError,
+    CommandTimeoutError,
     CommandUnavailableError,
     NotReadyError,
     OrderInDoubtError,
 )
 from es_orders.command.preconditions import InvalidPreconditionError
 from es_orders.domain import (
+    Command,
     DomainError,
     InvalidCommandError,
     OrderAlreadyExistsError,
@@ -31,76 +35,61 @@ from es_orders.domain import (
     OrderNotFoundError,
     VersionConflictError,
 )
-from es_orders.http import VALIDATION_ERROR_TYPE, ProblemError, problem_type
-from es_orders.http.health import NOT_READY_TYPE
+from es_orders.http import InvalidInput, ProblemError, validation_problem
+from es_orders.http.problems import (
+    COMMAND_TIMEOUT,
+    ORDER_CANCELLED,
+    ORDER_EXISTS,
+    ORDER_IN_DOUBT,
+    VERSION_CONFLICT,
+    WRITE_NOT_ACKNOWLEDGED,
+    not_ready_problem,
+    order_not_found_problem,
+)
+from es_orders.runtime.views import Readiness
 
-ORDER_NOT_FOUND_TYPE = problem_type("order-not-found")
-ORDER_EXISTS_TYPE = problem_type("order-exists")
-ORDER_CANCELLED_TYPE = problem_type("order-cancelled")
-VERSION_CONFLICT_TYPE = problem_type("version-conflict")
-NOT_ACKNOWLEDGED_TYPE = problem_type("write-not-acknowledged")
-ORDER_IN_DOUBT_TYPE = problem_type("order-in-doubt")
-UNAUTHORIZED_TYPE = problem_type("unauthorized")
-
+# The type URIs the command service's own 503s carry, for clients and tests to compare.
+NOT_ACKNOWLEDGED_TYPE = WRITE_NOT_ACKNOWLEDGED.type
+COMMAND_TIMEOUT_TYPE = COMMAND_TIMEOUT.type
 OrderIdIn = Literal["body", "path"]
 
 
-def invalid(loc: tuple[str, ...], message: str) -> ProblemError:
-    """A 422 shaped like FastAPI's request validation problems."""
-    where = ".".join(loc)
-    return ProblemError(
-        422,
-        f"{where}: {message}",
-        title="Invalid request",
-        type=VALIDATION_ERROR_TYPE,
-        extra={"errors": [{"loc": list(loc), "msg": message, "type": "value_error"}]},
-    )
+def precondition_problem(exc: InvalidPreconditionError, if_match: str | None) -> ProblemError:
+    return validation_problem([InvalidInput(("header", "If-Match"), str(exc), if_match)])
 
 
-def precondition_problem(exc: InvalidPreconditionError) -> ProblemError:
-    return invalid(("header", "If-Match"), str(exc))
+def _invalid_command(
+    exc: InvalidCommandError, command: Command | None, order_id_in: OrderIdIn
+) -> ProblemError:
+    if exc.field == "order_id":
+        loc = ("body", "id") if order_id_in == "body" else ("path", "order_id")
+    else:
+        loc = ("body", exc.field)
+    given = getattr(command, exc.field, None)
+    message = str(exc).removeprefix(f"{exc.field}: ")
+    return validation_problem([InvalidInput(loc, message, given)])
 
 
-def domain_problem(exc: DomainError, order_id_in: OrderIdIn = "path") -> ProblemError:
-    """The problem for a command the order's rules refuse."""
+def domain_problem(
+    exc: DomainError, command: Command | None = None, order_id_in: OrderIdIn = "path"
+) -> ProblemError:
+    """The problem for a command the order's rules refuse (``command``: the one refused)."""
     match exc:
         case InvalidCommandError():
-            if exc.field == "order_id":
-                loc = ("body", "id") if order_id_in == "body" else ("path", "order_id")
-            else:
-                loc = ("body", exc.field)
-            return invalid(loc, str(exc).removeprefix(f"{exc.field}: "))
+            return _invalid_command(exc, command, order_id_in)
         case OrderNotFoundError():
-            return ProblemError(
-                404,
-                str(exc),
-                title="Order not found",
-                type=ORDER_NOT_FOUND_TYPE,
-                extra={"order_id": exc.order_id},
-            )
+            return order_not_found_problem(exc.order_id)
         case OrderAlreadyExistsError():
-            return ProblemError(
-                409,
+            return ORDER_EXISTS(
                 str(exc),
-                title="Order already exists",
-                type=ORDER_EXISTS_TYPE,
                 extra={"order_id": exc.order_id},
                 headers={"Location": f"/orders/{exc.order_id}"},
             )
         case OrderIsCancelledError():
-            return ProblemError(
-                409,
-                str(exc),
-                title="Order is cancelled",
-                type=ORDER_CANCELLED_TYPE,
-                extra={"order_id": exc.order_id},
-            )
+            return ORDER_CANCELLED(str(exc), extra={"order_id": exc.order_id})
         case VersionConflictError():
-            return ProblemError(
-                412,
+            return VERSION_CONFLICT(
                 str(exc),
-                title="Version conflict",
-                type=VERSION_CONFLICT_TYPE,
                 extra={
                     "order_id": exc.order_id,
                     "expected_version": exc.expected,
@@ -111,33 +100,25 @@ def domain_problem(exc: DomainError, order_id_in: OrderIdIn = "path") -> Problem
     raise AssertionError(f"unmapped domain error: {exc!r}")  # pragma: no cover
 
 
-def unavailable_problem(exc: CommandUnavailableError) -> ProblemError:
-    """The 503 for a command the service cannot take now; ``Retry-After`` says when to retry."""
+def unavailable_problem(
+    exc: CommandUnavailableError, readiness: Readiness | None = None
+) -> ProblemError:
+    """The 503 for a command the service cannot take now; ``Retry-After`` says when to retry.
+
+    A ``NotReadyError`` is told with ``readiness`` (its partitions) when given.
+    """
     headers = {"Retry-After": str(exc.retry_after)}
     match exc:
         case NotReadyError():
-            return ProblemError(
-                503,
-                str(exc),
-                title="Not ready",
-                type=NOT_READY_TYPE,
-                extra={"waiting_for": list(exc.waiting_for)},
-                headers=headers,
-            )
+            partitions = readiness.partitions if readiness is not None else {}
+            return not_ready_problem(Readiness(False, exc.waiting_for, partitions), exc.retry_after)
         case AppendError():
-            return ProblemError(
-                503,
-                str(exc),
-                title="Write not acknowledged",
-                type=NOT_ACKNOWLEDGED_TYPE,
-                headers=headers,
-            )
+            return WRITE_NOT_ACKNOWLEDGED(str(exc), headers=headers)
+        case CommandTimeoutError():
+            return COMMAND_TIMEOUT(str(exc), extra={"order_id": exc.order_id}, headers=headers)
         case OrderInDoubtError():
-            return ProblemError(
-                503,
+            return ORDER_IN_DOUBT(
                 str(exc),
-                title="Order in doubt",
-                type=ORDER_IN_DOUBT_TYPE,
                 extra={"order_id": exc.order_id, "version_in_doubt": exc.version},
                 headers=headers,
             )
@@ -145,15 +126,16 @@ def unavailable_problem(exc: CommandUnavailableError) -> ProblemError:
 
 
 def problem_for(
-    exc: DomainError | CommandUnavailableError | InvalidPreconditionError,
+    exc: DomainError | CommandUnavailableError,
+    command: Command | None = None,
+    *,
     order_id_in: OrderIdIn = "path",
+    readiness: Readiness | None = None,
 ) -> ProblemError:
     match exc:
         case DomainError():
-            return domain_problem(exc, order_id_in)
+            return domain_problem(exc, command, order_id_in)
         case CommandUnavailableError():
-            return unavailable_problem(exc)
-        case InvalidPreconditionError():
-            return precondition_problem(exc)
+            return unavailable_problem(exc, readiness)
         case _:
             assert_never(exc)

@@ -33,6 +33,7 @@ def command_materializer_config(settings: Settings) -> MaterializerConfig:
         group_id=settings.command_application_id,
         state_dir=settings.state_dir,
         kafka=settings.kafka_config(),
+        partitions=settings.partitions,
     )
 
 
@@ -52,8 +53,11 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
         KafkaEventLog(producer, settings.events_topic),
         readiness,
         ack_timeout=producer.message_timeout + _ACK_MARGIN,
+        command_timeout=settings.command_timeout_s,
     )
-    app = create_command_app(handler, api_token=settings.api_token or None)
+    app = create_command_app(
+        handler, api_token=settings.api_token or None, max_body_bytes=settings.max_body_bytes
+    )
     workers: dict[str, Worker] = {
         "materializer": materializer,
         "producer": producer,

@@ -23,6 +23,7 @@ from es_orders.domain.commands import (
     CreateOrder,
 )
 from es_orders.domain.events import (
+    MAX_ID_LENGTH,
     MAX_INT,
     MIN_PRICE,
     MIN_QUANTITY,
@@ -35,9 +36,10 @@ from es_orders.domain.events import (
 )
 from es_orders.domain.state import OrderState, OrderStatus
 
-# Ids travel in URL paths and Kafka keys: keep them short and printable.
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
-MAX_TEXT = 256
+# Ids travel in URL paths and Kafka keys: keep them short and printable. A new order's id
+# may be as long as any id an event carries (MAX_ID_LENGTH), no longer.
+ID_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_ID_LENGTH - 1}}}")
+MAX_TEXT = 256  # a cancellation's reason
 
 
 class DomainError(Exception):
@@ -91,15 +93,16 @@ class VersionConflictError(DomainError):
 def _check_id(field: str, value: str) -> None:
     if not ID_PATTERN.fullmatch(value):
         raise InvalidCommandError(
-            field, "must be 1-64 characters: letters, digits and . _ : @ - (not first)"
+            field,
+            f"must be 1-{MAX_ID_LENGTH} characters: letters, digits and . _ : @ - (not first)",
         )
 
 
-def _check_text(field: str, value: str, *, empty_ok: bool = False) -> None:
+def _check_text(field: str, value: str, *, limit: int = MAX_TEXT, empty_ok: bool = False) -> None:
     if not value and not empty_ok:
         raise InvalidCommandError(field, "must not be empty")
-    if len(value) > MAX_TEXT:
-        raise InvalidCommandError(field, f"must be at most {MAX_TEXT} characters")
+    if len(value) > limit:
+        raise InvalidCommandError(field, f"must be at most {limit} characters")
 
 
 def _check_int(field: str, value: int, minimum: int) -> None:
@@ -111,8 +114,8 @@ def _validate(command: Command) -> None:
     _check_id("order_id", command.order_id)
     match command:
         case CreateOrder():
-            _check_text("user_id", command.user_id)
-            _check_text("product_id", command.product_id)
+            _check_text("user_id", command.user_id, limit=MAX_ID_LENGTH)
+            _check_text("product_id", command.product_id, limit=MAX_ID_LENGTH)
             _check_int("quantity", command.quantity, MIN_QUANTITY)
             _check_int("price", command.price, MIN_PRICE)
         case ChangePrice():
@@ -120,7 +123,7 @@ def _validate(command: Command) -> None:
         case ChangeQuantity():
             _check_int("quantity", command.quantity, MIN_QUANTITY)
         case ChangeProduct():
-            _check_text("product_id", command.product_id)
+            _check_text("product_id", command.product_id, limit=MAX_ID_LENGTH)
         case CancelOrder():
             _check_text("reason", command.reason, empty_ok=True)
         case _:

@@ -8,14 +8,27 @@ the difference between folding tens and hundreds of thousands of events a second
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
-# Value bounds shared by the codec (what an event may carry) and the decider (what a
-# command may ask for). Prices are integer minor units; both fit a SQLite INTEGER.
+# Value bounds shared by the codec (what an event or a state may carry), the decider (what
+# a command may ask for) and both HTTP APIs (what they publish). Prices are integer minor
+# units; both fit a SQLite INTEGER. Ids (of orders, events, users, products) are at most
+# MAX_ID_LENGTH characters everywhere: whatever id an event can carry, the command
+# service accepts, and the other way round.
 MIN_QUANTITY = 1
 MIN_PRICE = 0
 MAX_INT = 2**63 - 1
+MAX_ID_LENGTH = 256
+
+# The same bounds as annotations: msgspec checks them when the codec decodes, and they
+# are the JSON Schema both services publish for an order state.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Quantity = Annotated[int, msgspec.Meta(ge=MIN_QUANTITY, le=MAX_INT)]
+Price = Annotated[int, msgspec.Meta(ge=MIN_PRICE, le=MAX_INT, description="In minor units.")]
+Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+Instant = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class OrderCreated(msgspec.Struct, frozen=True, gc=False):

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from datetime import datetime
-from typing import assert_never
+from typing import Annotated, assert_never
 
 import msgspec
+from msgspec import Meta
 from msgspec.structs import replace
 
 from es_orders.domain.events import (
     Event,
+    Id,
+    Instant,
     OrderCancelled,
     OrderCreated,
+    Price,
     PriceChanged,
     ProductChanged,
+    Quantity,
     QuantityChanged,
+    Version,
 )
 
 
@@ -32,17 +37,26 @@ class OrderStatus(enum.StrEnum):
 
 
 class OrderState(msgspec.Struct, frozen=True, gc=False):
-    """The current state of one order. Fields are None when first seen through a partial update."""
+    """One order's current state: the query API's body and the changelog's value.
 
-    id: str
-    user_id: str | None
-    product_id: str | None
-    quantity: int | None
-    price: int | None
+    ``user_id``, ``product_id``, ``quantity`` and ``price`` are null for an order first
+    seen through a legacy partial update. ``version`` is that of the last event applied.
+    """
+
+    # The one definition of an order state's JSON: the codec writes and reads it as it is
+    # declared here, checking these bounds on read, and both HTTP services publish its
+    # JSON Schema. Constructing a state checks nothing (``_blank`` is at version 0).
+    id: Annotated[Id, Meta(examples=["1"])]
+    user_id: Annotated[Id, Meta(examples=["1"])] | None
+    product_id: Annotated[Id, Meta(examples=["57"])] | None
+    quantity: Annotated[Quantity, Meta(examples=[69])] | None
+    price: Annotated[Price, Meta(examples=[12])] | None
     status: OrderStatus
-    version: int
-    created_at: datetime
-    updated_at: datetime
+    version: Annotated[
+        Version, Meta(description="The version of the last event applied.", examples=[7])
+    ]
+    created_at: Instant
+    updated_at: Instant
 
 
 class Outcome(enum.Enum):

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
-from es_orders.http.problems import ProblemError, problem_responses, problem_type
+from es_orders.http.problems import not_ready_problem, problem_responses
 from es_orders.runtime.views import Readiness
-
-NOT_READY_TYPE = problem_type("not-ready")
 
 
 class LiveModel(BaseModel):
@@ -25,34 +23,22 @@ class ReadyModel(BaseModel):
     )
 
 
-def not_ready_problem(
-    readiness: Readiness, headers: Mapping[str, str] | None = None
-) -> ProblemError:
-    """The 503 saying what an instance that is not ready waits for."""
-    waiting = ", ".join(readiness.waiting_for) or "an unnamed condition"
-    return ProblemError(
-        503,
-        f"waiting for: {waiting}",
-        title="Not ready",
-        type=NOT_READY_TYPE,
-        extra={
-            "waiting_for": list(readiness.waiting_for),
-            "partitions": {str(p): s for p, s in readiness.partitions.items()},
-        },
-        headers=headers,
-    )
-
-
 def add_health_routes(
     app: FastAPI,
     readiness: Callable[[], Readiness],
     *,
     ready_summary: str,
-    not_ready_headers: Mapping[str, str] | None = None,
 ) -> None:
-    """GET /health/live (200 while the process runs) and GET /health/ready (200 or 503)."""
+    """GET /health/live (200 while the process runs) and GET /health/ready (200, or 503
+    ``not-ready`` with ``Retry-After``)."""
 
-    @app.get("/health/live", tags=["health"], summary="Liveness", response_model=LiveModel)
+    @app.get(
+        "/health/live",
+        tags=["health"],
+        summary="Liveness",
+        response_model=LiveModel,
+        responses=problem_responses(500),
+    )
     async def live() -> LiveModel:
         return LiveModel()
 
@@ -66,5 +52,5 @@ def add_health_routes(
     async def ready() -> ReadyModel:
         current = readiness()
         if not current.ready:
-            raise not_ready_problem(current, not_ready_headers)
+            raise not_ready_problem(current)
         return ReadyModel(partitions=current.partitions)

@@ -2,46 +2,49 @@
 
 Bodies come out of the view already encoded (the store keeps each order's state JSON),
 so the handlers pass those bytes through: a page is the rows joined into one JSON array,
-never decoded and re-encoded. The pydantic models below exist for the OpenAPI document.
+never decoded and re-encoded. Their schema in the OpenAPI document is the order state's
+one definition, shared with the command service (``http.openapi``).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from es_orders import __version__
 from es_orders.codec import state_version
-from es_orders.http import ProblemError, install_problem_handlers, problem_responses, problem_type
+from es_orders.http import install_problem_handlers, problem_responses
 from es_orders.http.health import add_health_routes
-from es_orders.runtime.views import OrderView
+from es_orders.http.openapi import (
+    JSON_MEDIA_TYPE,
+    install_openapi,
+    order_state_content,
+    order_states_content,
+)
+from es_orders.http.problems import order_not_found_problem, partition_unavailable_problem
+from es_orders.runtime.views import OrderView, PartitionNotHeldError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-JSON_MEDIA_TYPE = "application/json"
-ORDER_NOT_FOUND_TYPE = problem_type("order-not-found")
 
 
-class OrderStateModel(BaseModel):
-    """One order's current state (docs/architecture.md, "Order state").
+class StatsModel(BaseModel):
+    """The fold's counters since this process started: counts, and two instants."""
 
-    Fields other than ``id``, ``status``, ``version`` and the timestamps are null for an
-    order first seen through a legacy partial update.
-    """
-
-    id: str = Field(examples=["1"])
-    user_id: str | None = Field(examples=["1"])
-    product_id: str | None = Field(examples=["57"])
-    quantity: int | None = Field(ge=1, examples=[69])
-    price: int | None = Field(ge=0, description="In minor units.", examples=[12])
-    status: Literal["open", "cancelled"]
-    version: int = Field(ge=1, description="Number of events folded into this state.")
-    created_at: datetime
-    updated_at: datetime
+    consumed: int = Field(description="Records of the events topic consumed.")
+    changed: int = Field(description="Order states written (each also to the changelog).")
+    duplicates: int = Field(description="Events skipped as already applied.")
+    gaps: int = Field(description="Events applied after a version gap.")
+    replayed: int = Field(description="Records at or below a stored order's offset, skipped.")
+    dead_letters: int = Field(description="Records sent to the dead letter topic.")
+    changelog_records: int
+    restored_records: int = Field(description="Changelog records read to restore partitions.")
+    batches: int = Field(description="Batches checkpointed.")
+    first_record_at: float = Field(description="Unix time of the first record consumed; 0 if none.")
+    last_checkpoint_at: float = Field(description="Unix time of the last checkpoint; 0 if none.")
 
 
 def _etag(version: int) -> str:
@@ -74,18 +77,19 @@ def create_query_app(view: OrderView) -> FastAPI:
         description="Interactive queries over the order states this instance materializes.",
     )
     install_problem_handlers(app)
+    install_openapi(app)
 
     @app.get(
         "/orders",
         tags=["orders"],
         summary="List order states, ordered by id",
-        response_model=list[OrderStateModel],
         responses={
             200: {
                 "description": 'A page of orders; a `Link: <…>; rel="next"` header when more.',
+                "content": order_states_content(),
                 "headers": {"Link": {"schema": {"type": "string"}}},
             },
-            **problem_responses(422, 500),
+            **problem_responses(422, 500, 503),
         },
     )
     async def list_orders(
@@ -98,7 +102,10 @@ def create_query_app(view: OrderView) -> FastAPI:
         ] = None,
     ) -> Response:
         # One row beyond the page tells whether a next page exists without a second query.
-        rows = view.page(after, limit + 1)
+        try:
+            rows = view.page(after, limit + 1)
+        except PartitionNotHeldError as exc:
+            raise partition_unavailable_problem(exc.partition) from exc
         page = rows[:limit]
         body = b"[" + b",".join(state for _, state in page) + b"]"
         headers = {}
@@ -111,29 +118,26 @@ def create_query_app(view: OrderView) -> FastAPI:
         "/orders/{order_id:path}",
         tags=["orders"],
         summary="Get one order's state",
-        response_model=OrderStateModel,
         responses={
             200: {
                 "description": "The order's state; its ETag is its version.",
+                "content": order_state_content(),
                 "headers": {"ETag": {"schema": {"type": "string"}, "example": '"7"'}},
             },
             304: {"description": "The state still has the version named in If-None-Match."},
-            **problem_responses(404, 500),
+            **problem_responses(404, 500, 503),
         },
     )
     async def get_order(
-        order_id: str,
+        order_id: Annotated[str, Path(description="The order's id.", examples=["1"])],
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
-        state = view.get(order_id)
+        try:
+            state = view.get(order_id)
+        except PartitionNotHeldError as exc:
+            raise partition_unavailable_problem(exc.partition) from exc
         if state is None:
-            raise ProblemError(
-                404,
-                f'no order with id "{order_id}"',
-                title="Order not found",
-                type=ORDER_NOT_FOUND_TYPE,
-                extra={"order_id": order_id},
-            )
+            raise order_not_found_problem(order_id)
         etag = _etag(state_version(state))
         if if_none_match is not None and _matches_any(if_none_match, etag):
             return Response(status_code=304, headers={"ETag": etag})
@@ -145,8 +149,14 @@ def create_query_app(view: OrderView) -> FastAPI:
         ready_summary="Readiness: every assigned partition restored and caught up",
     )
 
-    @app.get("/stats", tags=["health"], summary="Counters of the fold since this process started")
-    async def stats() -> dict[str, float]:
-        return view.stats()
+    @app.get(
+        "/stats",
+        tags=["health"],
+        summary="Counters of the fold since this process started",
+        response_model=StatsModel,
+        responses=problem_responses(500),
+    )
+    async def stats() -> StatsModel:
+        return StatsModel.model_validate(view.stats())
 
     return app

@@ -23,6 +23,7 @@ def query_materializer_config(settings: Settings) -> MaterializerConfig:
         group_id=settings.application_id,
         state_dir=settings.state_dir,
         kafka=settings.kafka_config(),
+        partitions=settings.partitions,
     )
 
 

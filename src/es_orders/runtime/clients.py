@@ -27,6 +27,9 @@ class MaterializerConfig:
     # load keeps batches (and latency) small; under a backlog, large batches spread the
     # per-batch costs (flush, SQLite commit) and replicate each changed order once.
     max_batch: int = 50_000
+    # Partitions of the source topic (all topics share the count): which partition holds
+    # a key, so a read of a key held elsewhere is "not here", not "does not exist".
+    partitions: int = 3
 
 
 class Counters(msgspec.Struct):

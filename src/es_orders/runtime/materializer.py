@@ -279,6 +279,10 @@ class Materializer:
         ]
         if not self._assigned_once:
             waiting.insert(0, "group join and partition assignment")
+        elif not partitions:
+            # Lost with the group (the broker is gone, or the session expired) or revoked:
+            # an instance that holds nothing cannot answer for any order.
+            waiting.insert(0, "partitions: none held (revoked, or lost with the group)")
         return Readiness(ready=not waiting, waiting_for=tuple(waiting), partitions=states)
 
     # -- the batch -----------------------------------------------------------------

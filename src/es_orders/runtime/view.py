@@ -7,8 +7,9 @@ from itertools import islice
 
 import msgspec
 
+from es_orders.kafka.partitioner import partition_for
 from es_orders.runtime.materializer import Materializer
-from es_orders.runtime.views import Readiness
+from es_orders.runtime.views import PartitionNotHeldError, Readiness
 
 
 class MaterializedView:
@@ -22,18 +23,30 @@ class MaterializedView:
         self._materializer = materializer
 
     def get(self, order_id: str) -> bytes | None:
-        for part in self._materializer.readable.values():
+        readable = self._materializer.readable
+        for part in readable.values():
             state = part.reader.get(order_id)
             if state is not None:
                 return state
+        # "Does not exist" only from an instance that holds every partition: a producer
+        # may place keys by another hash than the Java client's, so a miss in the
+        # partition murmur2 names proves nothing while others are held elsewhere.
+        partitions = self._materializer.config.partitions
+        if len(readable) < partitions:
+            likely = partition_for(order_id.encode(), partitions)
+            raise PartitionNotHeldError(None if likely in readable else likely)
         return None
 
     def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        pages = [part.reader.page(after, limit) for part in self._materializer.readable.values()]
+        readable = self._materializer.readable
+        if not readable:
+            raise PartitionNotHeldError(None)
+        pages = [part.reader.page(after, limit) for part in readable.values()]
         return list(islice(heapq.merge(*pages), limit))
 
     def readiness(self) -> Readiness:
         return self._materializer.readiness()
 
-    def stats(self) -> dict[str, float]:
-        return msgspec.structs.asdict(self._materializer.counters)
+    def stats(self) -> dict[str, int | float]:
+        stats: dict[str, int | float] = msgspec.structs.asdict(self._materializer.counters)
+        return stats

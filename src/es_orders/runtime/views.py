@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from es_orders.errors import EsOrdersError
+
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
@@ -15,19 +17,36 @@ class Readiness:
     partitions: dict[int, str] = field(default_factory=dict)
 
 
+class PartitionNotHeldError(EsOrdersError):
+    """The partition that holds a key is not held by this instance now: ask again later."""
+
+    def __init__(self, partition: int | None) -> None:
+        where = "no partition" if partition is None else f"partition {partition}"
+        super().__init__(f"this instance holds {where} of the orders now")
+        self.partition = partition
+
+
 class OrderView(Protocol):
     """Read access to the orders an instance holds; bodies are order-state JSON (codec)."""
 
     def get(self, order_id: str) -> bytes | None:
-        """The state JSON of one order, or None if this instance does not know it."""
+        """The state JSON of one order, or None if it does not exist.
+
+        Raises ``PartitionNotHeldError`` when this instance does not hold it and does not
+        hold every partition: then it cannot tell whether the order exists.
+        """
         ...
 
     def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` (id, state JSON) pairs with ids above ``after``, ordered by id."""
+        """Up to ``limit`` (id, state JSON) pairs with ids above ``after``, ordered by id.
+
+        Raises ``PartitionNotHeldError`` when this instance holds no partition.
+        """
         ...
 
     def readiness(self) -> Readiness: ...
 
-    def stats(self) -> dict[str, float]:
-        """Counters of the fold since start (records consumed, dead letters, ...)."""
+    def stats(self) -> dict[str, int | float]:
+        """Counters of the fold since start (records consumed, dead letters, ...): counts
+        are integers, instants (``*_at``) Unix seconds."""
         ...
