@@ -27,11 +27,11 @@ test: venv
 	$(BIN)/pytest $(COVERAGE_GATE)
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 typecheck: venv
-	$(BIN)/mypy --strict src tests
+	$(BIN)/mypy --strict src tests benchmarks
 
 check: lint typecheck test
 
@@ -39,7 +39,7 @@ run: venv
 	$(BIN)/es-orders up $(ARGS)
 
 bench: venv
-	$(BIN)/es-orders bench $(ARGS)
+	$(BIN)/python -m benchmarks $(ARGS)
 
 broker: venv
 	$(BIN)/es-orders broker $(ARGS)

@@ -208,40 +208,5 @@ def up(
     _exit(run_up(options))
 
 
-@app.command()
-def bench(
-    events: Annotated[int | None, typer.Option(help="Events to fold (300,000).")] = None,
-    orders: Annotated[int | None, typer.Option(help="Orders they belong to (10,000).")] = None,
-    restore_orders: Annotated[
-        int | None, typer.Option(help="Orders in the changelog to restore (100,000).")
-    ] = None,
-    seconds: Annotated[
-        float | None, typer.Option(help="Length of each latency measure (5 s).")
-    ] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A tiny run, as a smoke test.")] = False,
-    engine: Annotated[
-        EngineName, typer.Option(help="The broker to measure on (auto: Kafka, else Tansu).")
-    ] = EngineName.KAFKA,
-    output: Annotated[Path, typer.Option(help="Where to write the figures.")] = Path(
-        "bench-results.json"
-    ),
-) -> None:
-    """Benchmark fold, restore and latencies on a fresh broker, next to quixstreams."""
-    from es_orders.bench.run import bench_options, run_bench
-
-    try:
-        options = bench_options(
-            quick,
-            events=events,
-            orders=orders,
-            restore_orders=restore_orders,
-            seconds=seconds,
-            engine=_engine(engine),
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    _exit(run_bench(options, output))
-
-
 def main() -> None:
     app()

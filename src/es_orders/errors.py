@@ -19,8 +19,7 @@ so no ``KafkaException`` or ``sqlite3.Error`` leaks past the module that caused 
     │   ├── NotReadyError        the view is still restoring or catching up
     │   ├── AppendError          the event was not acknowledged in time
     │   └── OrderInDoubtError    an unacknowledged event of the order may still appear
-    ├── SupervisorError        (supervisor) ``es-orders up`` could not start or keep a part
-    └── BenchError             a benchmark phase cannot run or its services misbehave
+    └── SupervisorError        (supervisor) ``es-orders up`` could not start or keep a part
 
 Kept apart on purpose: ``domain.DomainError`` (a command the order's rules refuse: an
 answer to a client, in the pure domain) and ``http.ProblemError`` (an HTTP answer).
@@ -41,7 +40,3 @@ class BrokerError(EsOrdersError):
 
 class TopicConfigError(EsOrdersError):
     """A topic cannot be created, or exists with a shape es-orders cannot use."""
-
-
-class BenchError(EsOrdersError):
-    """A benchmark phase cannot run: a service it started failed, or a wait timed out."""

@@ -12,9 +12,10 @@ from functools import partial
 
 import httpx
 
-from es_orders.bench.children import ServiceProcess, stopping
-from es_orders.bench.context import Bench
-from es_orders.bench.load import (
+from benchmarks.children import ServiceProcess, stopping
+from benchmarks.context import Bench
+from benchmarks.errors import BenchError
+from benchmarks.load import (
     REQUEST_TIMEOUT,
     ConnectionPool,
     LoadResult,
@@ -22,8 +23,7 @@ from es_orders.bench.load import (
     Response,
     open_loop,
 )
-from es_orders.bench.topics import produce
-from es_orders.errors import BenchError
+from benchmarks.topics import produce
 from es_orders.workload import encoded, order_events
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def _orders_visible(service: ServiceProcess) -> int:
             response = service.client.get(url)
         except httpx.TransportError:
             return 0  # not listening yet
+        if response.status_code == 503:
+            return 0  # no partition restored yet: partition-unavailable
         response.raise_for_status()
         count += len(response.json())
         link = response.links.get("next")

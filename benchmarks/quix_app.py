@@ -1,6 +1,6 @@
 """The quixstreams baseline: fold the events topic into per-order ``State``, at least once.
 
-Run by the bench as ``python -m es_orders.bench.quix_app``. It decodes and folds with the
+Run by the bench as ``python -m benchmarks.quix_app``. It decodes and folds with the
 same codec and ``evolve`` as es-orders, and stores each order's state through RocksDB
 serializers that are our codec too, so the comparison is of the two runtimes, not of two
 JSON libraries. Its progress goes to a small JSON status file (replaced atomically
@@ -23,7 +23,7 @@ from typing import Any
 from quixstreams import Application
 from quixstreams.state.rocksdb import RocksDBOptions
 
-from es_orders.bench.topics import SENTINEL_PREFIX
+from benchmarks.topics import SENTINEL_PREFIX
 from es_orders.codec import (
     CodecError,
     LegacyUpdate,

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from es_orders.bench.context import BenchOptions, Results
+from benchmarks.context import BenchOptions, Results
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,7 @@ def _count(value: float) -> str:
 
 
 def print_table(results: Results, console: Console) -> None:
-    table = Table(title=f"es-orders bench on {results.broker or 'an unknown broker'}")
+    table = Table(title=f"es-orders benchmark on {results.broker or 'an unknown broker'}")
     table.add_column("Measure")
     table.add_column("Value", justify="right")
     table.add_column("Unit")

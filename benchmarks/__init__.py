@@ -1,13 +1,16 @@
-"""``es-orders bench``: the figures issue 5 asks for, side by side with quixstreams.
+"""The benchmark (``make bench``, ``python -m benchmarks``), side by side with quixstreams.
 
-One run starts a fresh broker (Apache Kafka by default) and, each on topics of its own, measures:
+It lives in the repository, not in the installed package: it needs the dev extra
+(quixstreams, rich). One run starts a fresh broker (Apache Kafka by default) and, each on
+topics of its own, measures:
 
 - fold throughput of the query service (``fold``), workload produced before it starts;
 - restore from the changelog with the state directory deleted, and a warm restart
   (``restore``);
 - GET latency at a fixed open-loop rate while the service folds (``interactive``);
 - command-to-visible latency through the command and query services (``interactive``);
-- the same fold and restore with a quixstreams application (``quix`` runs ``quix_app``).
+- the same fold and restore with a quixstreams application (``quix`` runs ``quix_app``);
+- consumer group join and rebalances, classic protocol and KIP-848 (``groups``).
 
 Every process it starts is a child in a session of its own, stopped by PID when its phase
 ends or fails; all traffic stays on 127.0.0.1.

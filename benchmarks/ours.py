@@ -6,10 +6,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from es_orders.bench.children import read_restore_log, stopping
-from es_orders.bench.context import Bench
-from es_orders.bench.topics import TopicSet, produce
-from es_orders.errors import BenchError
+from benchmarks.children import read_restore_log, stopping
+from benchmarks.context import Bench
+from benchmarks.errors import BenchError
+from benchmarks.topics import TopicSet, produce
 from es_orders.workload import encoded, order_events
 
 log = logging.getLogger(__name__)

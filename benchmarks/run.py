@@ -19,12 +19,12 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
-from es_orders.bench.context import Bench, BenchOptions, Results
-from es_orders.bench.groups import measure_groups
-from es_orders.bench.interactive import measure_command_to_visible, measure_query_latency
-from es_orders.bench.ours import measure_fold, measure_restore
-from es_orders.bench.quix import measure_quix_fold, measure_quix_restore
-from es_orders.bench.report import last_line, print_table, write_json
+from benchmarks.context import Bench, BenchOptions, Results
+from benchmarks.groups import measure_groups
+from benchmarks.interactive import measure_command_to_visible, measure_query_latency
+from benchmarks.ours import measure_fold, measure_restore
+from benchmarks.quix import measure_quix_fold, measure_quix_restore
+from benchmarks.report import last_line, print_table, write_json
 from es_orders.brokers import Engine, choose_engine, start_broker
 from es_orders.errors import EsOrdersError
 from es_orders.processes import sigterm_interrupts
@@ -105,7 +105,7 @@ def _run(options: BenchOptions, output: Path) -> int:
     print_table(results, console)
     console.print(f"results: {output} ({time.monotonic() - started:.0f} s)")
     if error is not None:
-        print(f"es-orders bench: {error}", file=sys.stderr)
+        print(f"benchmark: {error}", file=sys.stderr)
         return 1
     print(last_line(results), flush=True)
     return 0

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from es_orders.bench.children import ServiceProcess, service_env
-from es_orders.bench.topics import TopicSet, create_topic_set
+from benchmarks.children import ServiceProcess, service_env
+from benchmarks.topics import TopicSet, create_topic_set
 from es_orders.brokers import Engine
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from benchmarks.errors import BenchError
 from es_orders.codec import encode_event
 from es_orders.config import Settings
 from es_orders.domain import OrderCreated
-from es_orders.errors import BenchError
 from es_orders.kafka.admin import TopicSpec, ensure_topics, topic_specs
 
 log = logging.getLogger(__name__)

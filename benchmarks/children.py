@@ -21,8 +21,8 @@ from typing import Any, Self
 
 import httpx
 
+from benchmarks.errors import BenchError
 from es_orders.brokers import LOOPBACK, free_port
-from es_orders.errors import BenchError
 from es_orders.processes import spawn, stop
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,14 @@ class ChildProcess:
         self.stop()
 
 
+# The checkout the benchmark runs from: children import ``benchmarks`` from there too.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def service_env(settings_env: dict[str, str]) -> dict[str, str]:
     """Our environment without ES_ORDERS_* (the bench names every topic), plus ``settings_env``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_CHECKOUT), env.get("PYTHONPATH")]))
     env.update(settings_env)
     return env
 

@@ -19,7 +19,7 @@ that pace, where the classic members here heartbeat every second.
 
 Members are polled from one thread every few milliseconds (rebalance callbacks run in
 ``poll``); a leaving member closes on a thread of its own, so the survivor is polled
-meanwhile. ``python -m es_orders.bench.groups`` runs this phase alone.
+meanwhile. ``python -m benchmarks.groups`` runs this phase alone.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Any, Literal
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined,unused-ignore]
 
-from es_orders.bench.context import Bench, BenchOptions, Results
+from benchmarks.context import Bench, BenchOptions, Results
+from benchmarks.errors import BenchError
 from es_orders.brokers import choose_engine, start_broker
-from es_orders.errors import BenchError
 from es_orders.kafka.admin import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def measure_groups(bench: Bench) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the group phase alone, on a running broker or on one started for it."""
-    parser = argparse.ArgumentParser(prog="python -m es_orders.bench.groups")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.groups")
     parser.add_argument("--bootstrap-servers", help="a running broker (default: start Kafka)")
     parser.add_argument("--trials", type=int, default=BenchOptions().group_trials)
     args = parser.parse_args(argv)

@@ -14,21 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from es_orders.bench.children import ChildProcess, service_env, stopping
-from es_orders.bench.context import Bench
-from es_orders.bench.topics import TopicSet, create_quix_changelog, produce_to, sentinel_records
-from es_orders.errors import BenchError
+from benchmarks.children import ChildProcess, service_env, stopping
+from benchmarks.context import Bench
+from benchmarks.errors import BenchError
+from benchmarks.topics import TopicSet, create_quix_changelog, produce_to, sentinel_records
 
 log = logging.getLogger(__name__)
 
 
 class QuixProcess(ChildProcess):
-    """``python -m es_orders.bench.quix_app`` and the status file it keeps."""
+    """``python -m benchmarks.quix_app`` and the status file it keeps."""
 
     def __init__(self, bench: Bench, topics: TopicSet, group: str, state_dir: Path, name: str):
         self.status_path = bench.work_dir / f"{name}.status.json"
         self.status_path.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "es_orders.bench.quix_app"]
+        argv = [sys.executable, "-m", "benchmarks.quix_app"]
         argv += ["--bootstrap-servers", bench.bootstrap_servers, "--topic", topics.events]
         argv += ["--group", group, "--state-dir", str(state_dir), "--status", str(self.status_path)]
         super().__init__(name, argv, service_env({}), bench.work_dir / f"{name}.log")
