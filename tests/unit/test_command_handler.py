@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from es_orders.codec import LegacyUpdate, decode_record, encode_event
 from es_orders.command.errors import AppendError, NotReadyError, OrderInDoubtError
-from es_orders.command.handler import OverlayPruner
+from es_orders.command.handler import CommandHandler, OverlayPruner
 from es_orders.domain import (
     ChangePrice,
     ChangeQuantity,
@@ -17,6 +18,7 @@ from es_orders.domain import (
     OrderNotFoundError,
     PriceChanged,
     VersionConflictError,
+    fold,
 )
 from tests.unit.command_support import T0, LaggingView, RecordingLog, Switch, make_handler
 
@@ -91,6 +93,17 @@ def test_an_overlay_entry_ahead_of_the_view_is_kept() -> None:
     assert handler.prune() == 1
     current = handler.current("1")
     assert current is not None and current.version == 2
+
+
+def test_the_overlay_holds_the_state_the_log_folds_to() -> None:
+    view, log = LaggingView(), RecordingLog()
+    handler = CommandHandler(view, log, Switch(), ack_timeout=5.0)  # the real clock
+    handler.handle(create())
+    handler.handle(ChangePrice("1", 13))
+    decoded = [decode_record(b"1", encode_event(e), 0) for e in log.events]
+    on_the_wire = [e for e in decoded if not isinstance(e, LegacyUpdate)]
+    assert len(on_the_wire) == 2
+    assert handler.current("1") == fold(on_the_wire).state  # timestamps included
 
 
 def test_a_no_op_appends_nothing_and_returns_the_current_version() -> None:

@@ -125,6 +125,13 @@ class _Overlay:
         return len(self._states)
 
 
+def _now_to_the_millisecond() -> datetime:
+    """Now, as precisely as the wire keeps an event's time (``codec.format_instant``): the
+    overlay's state must be the one the log's fold gives, not a microsecond apart."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 class CommandHandler:
     """Decides and records commands; thread-safe (HTTP threads and the simulator share it)."""
 
@@ -137,7 +144,7 @@ class CommandHandler:
         ack_timeout: float,
         command_timeout: float | None = None,
         doubt_window: float = 30.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = _now_to_the_millisecond,
         new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self._states = states
