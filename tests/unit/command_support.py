@@ -3,7 +3,9 @@ command API over them."""
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from typing import Any
@@ -76,7 +78,11 @@ class Switch:
 
 
 def make_handler(
-    view: LaggingView, log: RecordingLog, ready: Switch | None = None, **options: float
+    view: LaggingView,
+    log: RecordingLog,
+    ready: Switch | None = None,
+    caught_up_at: Callable[[str], float] = lambda _order_id: math.inf,
+    **options: float,
 ) -> CommandHandler:
     counter = iter(range(1, 1_000_000))
     return CommandHandler(
@@ -86,6 +92,7 @@ def make_handler(
         ack_timeout=options.get("ack_timeout", 5.0),
         command_timeout=options.get("command_timeout"),
         doubt_window=options.get("doubt_window", 30.0),
+        caught_up_at=caught_up_at,
         clock=lambda: T0,
         new_event_id=lambda: f"event-{next(counter)}",
     )

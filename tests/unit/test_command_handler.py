@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -149,6 +150,24 @@ def test_a_doubt_ends_after_its_window_when_the_event_never_shows() -> None:
     log.fail_next = True
     with pytest.raises(AppendError):
         handler.handle(ChangePrice("1", 13))
+    assert handler.handle(ChangeQuantity("1", 3)).version == 2
+
+
+def test_a_doubt_outlives_its_window_while_the_view_has_not_read_to_the_end() -> None:
+    """A busy view that has not read its partition to the end since the window closed may
+    still fold the event: deciding now could write the same version twice."""
+    view, log = LaggingView(), RecordingLog()
+    caught_up = {"at": -math.inf}
+    handler = make_handler(view, log, caught_up_at=lambda _id: caught_up["at"], doubt_window=0.0)
+    handler.handle(create())
+    view.fold(log.events)
+    log.fail_next = True
+    with pytest.raises(AppendError):
+        handler.handle(ChangePrice("1", 13))
+
+    with pytest.raises(OrderInDoubtError):
+        handler.handle(ChangeQuantity("1", 3))
+    caught_up["at"] = time.monotonic()  # the view read the partition to its end since
     assert handler.handle(ChangeQuantity("1", 3)).version == 2
 
 

@@ -35,6 +35,7 @@ window is counted from then.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -144,6 +145,7 @@ class CommandHandler:
         ack_timeout: float,
         command_timeout: float | None = None,
         doubt_window: float = 30.0,
+        caught_up_at: Callable[[str], float] = lambda _order_id: math.inf,
         clock: Callable[[], datetime] = _now_to_the_millisecond,
         new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
@@ -155,6 +157,8 @@ class CommandHandler:
         self._ack_timeout = ack_timeout
         self._command_timeout = command_timeout
         self._doubt_window = doubt_window
+        # When (time.monotonic) the view last reached the end of the order's partition.
+        self._caught_up_at = caught_up_at
         self._clock = clock
         self._new_event_id = new_event_id
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
@@ -249,7 +253,10 @@ class CommandHandler:
         state = self._states.get(order_id)
         if state is not None and state.version >= doubt.version:
             log.info("event in doubt was written order=%s version=%s", order_id, doubt.version)
-        elif time.monotonic() >= doubt.until:
+        elif time.monotonic() >= doubt.until and self._caught_up_at(order_id) >= doubt.until:
+            # Lost only once the view has read its partition to the end after the window:
+            # a view lagging behind (a busy service) has simply not folded it yet, and
+            # deciding against it would write the same version twice.
             log.warning(
                 "event in doubt never showed up, taken as lost order=%s version=%s",
                 order_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from es_orders.command.adapters import KafkaEventLog, ViewStates, owns_every_partition
 from es_orders.command.api import create_command_app
@@ -10,6 +11,7 @@ from es_orders.command.handler import CommandHandler, OverlayPruner
 from es_orders.command.simulator import Simulator
 from es_orders.config import Settings
 from es_orders.kafka.admin import ensure_topics, topic_specs
+from es_orders.kafka.partitioner import partition_for
 from es_orders.kafka.producer import AckedProducer
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer
@@ -54,6 +56,9 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
         readiness,
         ack_timeout=producer.message_timeout + _ACK_MARGIN,
         command_timeout=settings.command_timeout_s,
+        caught_up_at=lambda order_id: materializer.caught_up_at.get(
+            partition_for(order_id.encode(), settings.partitions), -math.inf
+        ),
     )
     app = create_command_app(
         handler, api_token=settings.api_token or None, max_body_bytes=settings.max_body_bytes

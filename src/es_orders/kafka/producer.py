@@ -19,7 +19,6 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from es_orders.errors import BrokerError
-from es_orders.kafka.records import position_of
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +32,15 @@ class DeliveryError(BrokerError):
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """Where an acknowledged record was written."""
+    """Where an acknowledged record was written.
+
+    ``offset`` is None when the broker acknowledged the record without saying where: an
+    idempotent producer's retry that the broker recognised as already written reports
+    success, at an offset it does not know.
+    """
 
     partition: int
-    offset: int
+    offset: int | None
 
 
 class AckedProducer:
@@ -84,7 +88,8 @@ class AckedProducer:
             if error is not None:
                 future.set_exception(DeliveryError(f"record not acknowledged: {error}"))
             else:
-                future.set_result(Delivered(*position_of(message)))
+                # Never raise here: this runs on the thread that serves every report.
+                future.set_result(Delivered(message.partition() or 0, message.offset()))
 
         deadline = time.monotonic() + self.message_timeout
         with self._closing:

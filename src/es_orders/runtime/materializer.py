@@ -70,6 +70,8 @@ class Materializer:
         # Replaced, never mutated, so HTTP threads can iterate a snapshot without a lock.
         self.readable: dict[int, AssignedPartition] = {}
         self._assigned_once = False
+        # time.monotonic() of the last time each partition was read to its end.
+        self.caught_up_at: dict[int, float] = {}
         self._consumer: Consumer | None = None
         self._replicator: Replicator | None = None
         self._restorer: Consumer | None = None
@@ -348,7 +350,13 @@ class Materializer:
         counters.dead_letters += dead
         counters.replayed += replayed
         counters.duplicates += duplicates
-        for number in at_end:
+        self._reached_end(at_end)
+
+    def _reached_end(self, numbers: list[int]) -> None:
+        """Partitions read to their end in this batch, which is checkpointed by now."""
+        now = time.monotonic()
+        for number in numbers:
+            self.caught_up_at[number] = now
             part = self._partitions[number]
             if part.phase is not Phase.CAUGHT_UP:
                 part.phase = Phase.CAUGHT_UP

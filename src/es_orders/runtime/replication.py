@@ -38,7 +38,12 @@ class _Acks:
         if error is not None:
             self.errors.append(str(error))
             return
-        partition, offset = position_of(message)
+        partition, offset = message.partition(), message.offset()
+        if partition is None or offset is None:
+            # Written, at an offset the broker did not report (an idempotent retry it
+            # recognised as a duplicate): the restore position stays where it was, which
+            # only means a restore reads a little more.
+            return
         self.changelog_next[partition] = max(self.changelog_next.get(partition, 0), offset + 1)
 
 
