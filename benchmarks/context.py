@@ -77,6 +77,8 @@ class Bench:
     options: BenchOptions
     run_id: str
     results: Results = field(default_factory=Results)
+    # ES_ORDERS_KAFKA__* the broker's engine wants its clients to have (Broker.client_env).
+    client_env: dict[str, str] = field(default_factory=dict)
 
     def topics(self, phase: str) -> TopicSet:
         """A fresh topic set for ``phase``, created with es-orders' explicit configs."""
@@ -98,6 +100,7 @@ class Bench:
                 # Nothing else: the services run with their production defaults (session
                 # timeout 6 s, so a first group join on Tansu takes about 3 s).
                 "ES_ORDERS_LOG_LEVEL": "INFO",
+                **self.client_env,
             }
         )
 

@@ -86,7 +86,9 @@ def _run(options: BenchOptions, output: Path) -> int:
         results.broker = broker.describe().split(" on ", 1)[0]
         try:
             run_id = uuid.uuid4().hex[:8]
-            _phases(Bench(broker.bootstrap_servers, work_dir, options, run_id, results))
+            bench = Bench(broker.bootstrap_servers, work_dir, options, run_id, results)
+            bench.client_env = broker.client_env()
+            _phases(bench)
         finally:
             broker.stop()
         failed = False

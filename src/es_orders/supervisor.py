@@ -161,9 +161,12 @@ def _watch(
             log.info("still waiting for readiness seconds=%.0f", last_report - waiting_since)
 
 
-def _child_env(options: UpOptions, bootstrap: str, state_dir: Path) -> dict[str, str]:
+def _child_env(
+    options: UpOptions, broker: Broker | None, bootstrap: str, state_dir: Path
+) -> dict[str, str]:
     settings = options.settings
     return {
+        **(broker.client_env() if broker is not None else {}),
         **os.environ,
         "ES_ORDERS_BOOTSTRAP_SERVERS": bootstrap,
         "ES_ORDERS_STATE_DIR": str(state_dir),
@@ -198,7 +201,7 @@ def _start_everything(
     stack.callback(services.stop)
     if stop.is_set():
         return broker, bootstrap
-    env = _child_env(options, bootstrap, state_dir)
+    env = _child_env(options, broker, bootstrap, state_dir)
     host = _client_host(settings.host)
     services.start("command service", "command", env, f"http://{host}:{settings.command_port}")
     services.start("query service", "query", env, f"http://{host}:{settings.query_port}")

@@ -146,6 +146,16 @@ class Broker(ABC):
     def pids(self) -> list[int]:
         """The process ids of every running process of the broker."""
 
+    # librdkafka settings its clients should have on top of es-orders' defaults.
+    client_config: dict[str, str] = {}  # noqa: RUF012 (never mutated; subclasses replace it)
+
+    def client_env(self) -> dict[str, str]:
+        """``client_config`` as the ``ES_ORDERS_KAFKA__*`` variables a service reads."""
+        return {
+            "ES_ORDERS_KAFKA__" + name.upper().replace(".", "_"): value
+            for name, value in self.client_config.items()
+        }
+
     @abstractmethod
     def describe(self) -> str:
         """One line for a person: the engine, version, nodes and where the data lives."""

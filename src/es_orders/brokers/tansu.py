@@ -44,6 +44,9 @@ class TansuBroker(Broker):
     """A running Tansu broker (one node, in memory) on the loopback interface."""
 
     engine = "tansu"
+    # Tansu holds an empty fetch for all of fetch.wait.max.ms (500 ms by default) even
+    # when records arrive meanwhile; Kafka answers at once.
+    client_config = {"fetch.wait.max.ms": "20"}  # noqa: RUF012
 
     def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
         self._process = process
