@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from es_orders.brokers import KafkaCluster
@@ -58,6 +59,40 @@ def test_a_query_service_without_its_broker_is_not_ready_and_never_denies_an_ord
         service.wait_ready(timeout=90)
         assert sorted(o["id"] for o in service.all_orders()) == ids
         assert service.stop() == 0
+    finally:
+        if service is not None and service.process.poll() is None:
+            service.kill9()
+        cluster.stop(timeout=10)
+
+
+def test_a_command_while_the_broker_is_gone_is_a_prompt_503_that_says_so(
+    tmp_path: Path, topic_prefix: str
+) -> None:
+    choice = engine_or_skip("kafka")
+    cluster = KafkaCluster.start(runtime=choice.runtime)
+    service: Service | None = None
+    try:
+        create_topics({"bootstrap.servers": cluster.bootstrap_servers}, topic_prefix)
+        env = service_env(cluster.bootstrap_servers, topic_prefix, tmp_path / "state")
+        service = Service("command", env, tmp_path, "--no-simulate")
+        service.wait_ready()
+        order = {"id": "42", "user_id": "u", "product_id": "p", "quantity": 1, "price": 5}
+        assert httpx.post(f"{service.url}/orders", json=order, timeout=10).status_code == 201
+
+        cluster.kill_node(1)
+        answers = []
+        for price in (6, 7, 8):  # right after the broker died, and later ones
+            started = time.monotonic()
+            answer = httpx.post(f"{service.url}/orders/42/price", json={"price": price}, timeout=30)
+            answers.append((answer, time.monotonic() - started))
+        for answer, took in answers:
+            assert took <= 6.0, (took, answer.text)
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"]
+            assert "second command service" not in answer.text
+        first = answers[0][0].json()
+        assert first["type"].endswith("/write-not-acknowledged"), first
+        assert "broker is unreachable" in first["detail"]
     finally:
         if service is not None and service.process.poll() is None:
             service.kill9()

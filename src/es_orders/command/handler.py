@@ -223,9 +223,10 @@ class CommandHandler:
             self._doubt(event, sent_at + self._ack_timeout, "no report in time")
             raise AppendError(
                 f"the broker did not acknowledge version {event.version} of order "
-                f"{event.order_id!r} in time ({waited:.2g} s): its partition may have no "
-                "leader or too few in-sync replicas right now. The event may or may not be "
-                "written; until that is known, commands on this order are refused"
+                f"{event.order_id!r} in time ({waited:.2g} s): the broker is unreachable, or "
+                "the order's partition has no leader or too few in-sync replicas right now. "
+                "The event may or may not be written; until that is known, commands on this "
+                "order are refused"
             ) from exc
         except EsOrdersError as exc:
             self._doubt(event, time.monotonic(), str(exc))
