@@ -15,6 +15,7 @@ import httpx
 from es_orders.brokers import free_port
 from es_orders.codec import LegacyUpdate, decode_record
 from es_orders.domain import Event
+from es_orders.processes import spawn
 from tests.integration.runtime_support import read_all
 
 
@@ -45,14 +46,9 @@ class ServiceProcess:
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "es_orders", *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        # Tied to this test process: a test that fails before it stops a service (or a
+        # killed pytest) leaves nothing running.
+        self.process = spawn([sys.executable, "-m", "es_orders", *args], log_path=log_path, env=env)
 
     @property
     def pid(self) -> int:
