@@ -7,20 +7,13 @@ It is not part of the installed package: it needs quixstreams and rich (the dev 
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from benchmarks.run import bench_options, run_bench
-
-
-class EngineName(StrEnum):
-    AUTO = "auto"
-    KAFKA = "kafka"
-    TANSU = "tansu"
-
+from es_orders.cli import EngineName
 
 app = typer.Typer(add_completion=False)
 

@@ -27,6 +27,10 @@ BootstrapOption = Annotated[
     str | None,
     typer.Option("--bootstrap-servers", help="Kafka bootstrap servers, HOST:PORT[,...]."),
 ]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Keep Kafka's data here across restarts (default: a temporary dir)."),
+]
 StateDirOption = Annotated[
     Path | None,
     typer.Option(help="Local state stores (default .es-orders/state; env ES_ORDERS_STATE_DIR)."),
@@ -96,10 +100,7 @@ def broker(
     port: Annotated[
         int, typer.Option(help="Port on 127.0.0.1 (with --nodes 3: the first of three).")
     ] = 9092,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Keep Kafka's data here across restarts (default: a temporary dir)."),
-    ] = None,
+    data_dir: DataDirOption = None,
     nodes: Annotated[
         int, typer.Option(min=1, max=3, help="1, or 3 for a KRaft cluster (Kafka only).")
     ] = 1,
@@ -163,10 +164,7 @@ def up(
     kafka_port: Annotated[
         int, typer.Option(help="Port of the broker it starts (unless --bootstrap-servers).")
     ] = 9092,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="Keep Kafka's data here across runs (default: a temporary dir)."),
-    ] = None,
+    data_dir: DataDirOption = None,
     command_port: Annotated[int | None, typer.Option(help="Command service port (8886).")] = None,
     query_port: Annotated[int | None, typer.Option(help="Query service port (8887).")] = None,
     rate: RateOption = None,

@@ -5,12 +5,12 @@ Each test starts a broker of its own (a JVM), not the session broker.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 from es_orders.brokers import KafkaCluster, PortTakenError, free_ports
 from es_orders.kafka.admin import TopicSpec, ensure_topics
 from tests.integration.conftest import engine_or_skip
+from tests.integration.service_support import child_pids, process_exists
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +85,7 @@ def test_a_temporary_data_dir_is_removed_after_a_clean_stop() -> None:
     assert cluster.stop() == 0
 
     assert not data_dir.exists()
-    assert not any(_process_exists(pid) for pid in pids)
+    assert not any(process_exists(pid) for pid in pids)
 
 
 def test_a_taken_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
@@ -107,82 +108,70 @@ def test_a_data_dir_of_another_cluster_size_is_refused(tmp_path: Path) -> None:
         KafkaCluster.start(nodes=3, data_dir=data_dir, runtime=choice.runtime)
 
 
-def _process_exists(pid: int) -> bool:
+@pytest.fixture
+def broker_command(tmp_path: Path) -> Iterator[BrokerCommand]:
+    """``es-orders broker --engine kafka`` on a free port, once it is ready; killed at the end."""
+    engine_or_skip("kafka")
+    command = BrokerCommand(tmp_path / "broker.out")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        command.wait_ready()
+        yield command
+    finally:
+        if command.process.poll() is None:
+            command.process.kill()
+            command.process.wait()
+
+
+class BrokerCommand:
+    def __init__(self, log: Path) -> None:
+        self.log, self.port = log, free_ports(1)
+        argv = ["broker", "--engine", "kafka", "--port", str(self.port)]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "es_orders", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop" not in self.log.read_text():
+            assert self.process.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.2)
+
+    def jvm(self) -> int:
+        """The PID of the broker's JVM: its only child."""
+        children = child_pids(self.process.pid)
+        assert len(children) == 1, children
+        return children.pop()
 
 
 def test_es_orders_broker_says_which_engine_and_stops_every_node_on_sigterm(
-    tmp_path: Path,
+    broker_command: BrokerCommand,
 ) -> None:
-    engine_or_skip("kafka")
-    port = free_ports(1)
-    log = tmp_path / "broker.out"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "es_orders", "broker", "--engine", "kafka", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Ctrl-C to stop" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        text = log.read_text()
-        assert "es-orders broker: engine kafka: chosen with --engine kafka" in text
-        assert "Apache Kafka 4." in text and f"127.0.0.1:{port}" in text
-        metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
-        assert len(metadata.brokers) == 1
-        java = subprocess.run(
-            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        assert len(java) == 1, java
+    text = broker_command.log.read_text()
+    assert "es-orders broker: engine kafka: chosen with --engine kafka" in text
+    assert "Apache Kafka 4." in text and f"127.0.0.1:{broker_command.port}" in text
+    metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{broker_command.port}"}).list_topics(
+        timeout=10
+    )
+    assert len(metadata.brokers) == 1
+    jvm = broker_command.jvm()
 
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, log.read_text()
-        assert not _process_exists(int(java[0])), "the broker's JVM exited with it"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    broker_command.process.send_signal(signal.SIGTERM)
+    assert broker_command.process.wait(60) == 0, broker_command.log.read_text()
+    assert not process_exists(jvm), "the broker's JVM exited with it"
 
 
-def test_a_killed_es_orders_broker_takes_its_jvm_along(tmp_path: Path) -> None:
-    engine_or_skip("kafka")
-    port = free_ports(1)
-    log = tmp_path / "broker.out"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "es_orders", "broker", "--engine", "kafka", "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while "Ctrl-C to stop" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        java = subprocess.run(
-            ["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        assert len(java) == 1, java
+def test_a_killed_es_orders_broker_takes_its_jvm_along(broker_command: BrokerCommand) -> None:
+    jvm = broker_command.jvm()
 
-        process.kill()
-        process.wait(10)
+    broker_command.process.kill()
+    broker_command.process.wait(10)
 
-        deadline = time.monotonic() + 30
-        while _process_exists(int(java[0])):
-            assert time.monotonic() < deadline, "the JVM outlived its killed parent"
-            time.sleep(0.1)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    deadline = time.monotonic() + 30
+    while process_exists(jvm):
+        assert time.monotonic() < deadline, "the JVM outlived its killed parent"
+        time.sleep(0.1)

@@ -5,7 +5,6 @@ Each test starts a Tansu broker of its own, whatever engine the session broker r
 
 from __future__ import annotations
 
-import os
 import socket
 import stat
 import time
@@ -18,6 +17,7 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined,unuse
 from es_orders.brokers import Broker, TansuBroker
 from es_orders.errors import BrokerError
 from tests.integration.conftest import engine_or_skip
+from tests.integration.service_support import process_exists
 
 pytestmark = pytest.mark.integration
 
@@ -28,14 +28,6 @@ def tansu() -> Iterator[TansuBroker]:
     engine_or_skip("tansu")
     with TansuBroker.start() as running:
         yield running
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _fake_broker_binary(tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +54,7 @@ def test_stop_waits_for_the_exit_so_the_port_can_be_reused() -> None:
 
     assert dev_broker.stop() == 0
 
-    assert not _process_exists(dev_broker.pid)
+    assert not process_exists(dev_broker.pid)
     assert not dev_broker.log_path.exists(), "a clean stop removes the temporary log"
     # Before its exit, a new broker on the same port would panic: stop() waited.
     with TansuBroker.start(dev_broker.port, timeout=10) as successor:
@@ -109,4 +101,4 @@ def test_a_broker_that_never_answers_is_stopped_after_the_timeout(
         TansuBroker.start(timeout=1, log_path=tmp_path / "broker.log")
 
     assert time.monotonic() - started < 10
-    assert not _process_exists(int(pid_file.read_text()))
+    assert not process_exists(int(pid_file.read_text()))
