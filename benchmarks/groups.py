@@ -252,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(args.bootstrap_servers)
     else:
         with start_broker(choose_engine("kafka")) as broker:
-            results.broker = broker.describe()
+            results.broker = broker.kind()
             run(broker.bootstrap_servers)
     document = {"figures": results.figures, "details": results.details, "notes": results.notes}
     print(json.dumps(document, indent=2))

@@ -83,7 +83,7 @@ def _run(options: BenchOptions, output: Path) -> int:
         choice = choose_engine(options.engine)
         log.info("bench engine=%s reason=%s", choice.engine, choice.reason)
         broker = start_broker(choice, log_path=work_dir / "broker.log")
-        results.broker = broker.describe().split(" on ", 1)[0]
+        results.broker = broker.kind()
         try:
             run_id = uuid.uuid4().hex[:8]
             bench = Bench(broker.bootstrap_servers, work_dir, options, run_id, results)

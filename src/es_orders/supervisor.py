@@ -125,7 +125,7 @@ def _banner(broker: Broker | None, options: UpOptions, services: _Services, boot
     lines = ["", "es-orders is up:"]
     for service in services.running:
         lines.append(f"  {service.name:<16} {service.url}   (API docs: {service.url}/docs)")
-    kind = broker.describe() if broker is not None else "external"
+    kind = broker.kind() if broker is not None else "external"
     lines.append(f"  {'kafka':<16} {bootstrap}   ({kind})")
     rate = options.simulator_rate
     lines.append(f"  {'simulator':<16} {f'{rate:g} command(s)/s' if rate > 0 else 'off'}")

@@ -157,8 +157,12 @@ class Broker(ABC):
         }
 
     @abstractmethod
+    def kind(self) -> str:
+        """What runs, for a person: the engine, version, nodes and where the data lives."""
+
     def describe(self) -> str:
-        """One line for a person: the engine, version, nodes and where the data lives."""
+        """``kind()`` and where it answers."""
+        return f"{self.kind()} on {self.bootstrap_servers}"
 
     @abstractmethod
     def exit_report(self) -> str:

@@ -299,13 +299,10 @@ class KafkaCluster(Broker):
     def running(self) -> bool:
         return all(node.running for node in self.nodes)
 
-    def describe(self) -> str:
+    def kind(self) -> str:
         where = "temporary data" if self._owns_data_dir else f"data in {self.data_dir}"
         nodes = "one node" if len(self.nodes) == 1 else f"{len(self.nodes)} nodes"
-        return (
-            f"Apache Kafka {self.runtime.kafka_version} (KRaft, {nodes}, {where}) on "
-            f"{self.bootstrap_servers}"
-        )
+        return f"Apache Kafka {self.runtime.kafka_version} (KRaft, {nodes}, {where})"
 
     def exit_report(self) -> str:
         return self._exited() or "every Kafka node is running"

@@ -145,8 +145,8 @@ class TansuBroker(Broker):
         """The exit code once the process has exited (negative: killed by that signal)."""
         return self._process.poll()
 
-    def describe(self) -> str:
-        return f"Tansu (in memory, one node) on {self.bootstrap_servers}"
+    def kind(self) -> str:
+        return "Tansu (in memory, one node)"
 
     def exit_report(self) -> str:
         return (
