@@ -198,12 +198,6 @@ class KafkaCluster(Broker):
         if nodes not in (1, 3):
             raise BrokerError(f"a Kafka cluster here has 1 or 3 nodes, not {nodes}")
         runtime = runtime or kafka_runtime()
-        owns = data_dir is None
-        # A temporary one records our PID: a run killed before its cleanup leaves its
-        # data behind, and the next run removes it.
-        directory = RunDirectory("es-orders-kafka-").path if data_dir is None else data_dir
-        directory.mkdir(parents=True, exist_ok=True)
-        cluster_id = _cluster_id(directory, nodes)
         first = port or free_ports(nodes)
         for number in range(nodes):
             if not port_is_free(first + number):
@@ -211,6 +205,12 @@ class KafkaCluster(Broker):
                     f"cannot start Apache Kafka: port {first + number} on {LOOPBACK} is taken "
                     "(another broker still running? choose another --port)"
                 )
+        owns = data_dir is None
+        # A temporary one records our PID: a run killed before its cleanup leaves its
+        # data behind, and the next run removes it.
+        directory = RunDirectory("es-orders-kafka-").path if data_dir is None else data_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        cluster_id = _cluster_id(directory, nodes)
         members = [
             KafkaNode(number + 1, first + number, free_port(), directory / f"node-{number + 1}")
             for number in range(nodes)
