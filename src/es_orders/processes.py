@@ -87,25 +87,7 @@ def stop(process: subprocess.Popen[bytes], name: str, timeout: float) -> int:
 
     Returns the exit code (negative: ended by that signal). Safe to call more than once.
     """
-    if process.poll() is None:
-        log.info("%s stopping pid=%s", name, process.pid)
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning(
-                "%s ignored SIGTERM, killing pid=%s timeout_s=%s", name, process.pid, timeout
-            )
-            process.kill()
-            process.wait()
-        log.debug(
-            "%s exited pid=%s returncode=%s took_s=%.1f",
-            name,
-            process.pid,
-            process.returncode,
-            time.monotonic() - started,
-        )
+    stop_all([(process, name)], timeout)
     return process.returncode
 
 
@@ -155,20 +137,27 @@ def stop_all(children: Sequence[tuple[subprocess.Popen[bytes], str]], timeout: f
     second one could reach a child after it put its default handler back, and kill it
     mid-cleanup.
     """
+    started = time.monotonic()
     for process, name in children:
         if process.poll() is None:
             log.info("%s stopping pid=%s", name, process.pid)
             process.terminate()
-    deadline = time.monotonic() + timeout
     for process, name in children:
         try:
-            process.wait(max(0.0, deadline - time.monotonic()))
+            process.wait(max(0.0, started + timeout - time.monotonic()))
         except subprocess.TimeoutExpired:
             log.warning(
                 "%s ignored SIGTERM, killing pid=%s timeout_s=%s", name, process.pid, timeout
             )
             process.kill()
             process.wait()
+        log.debug(
+            "%s exited pid=%s returncode=%s took_s=%.1f",
+            name,
+            process.pid,
+            process.returncode,
+            time.monotonic() - started,
+        )
 
 
 @contextlib.contextmanager
