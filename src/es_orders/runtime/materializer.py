@@ -242,6 +242,8 @@ class Materializer:
     def _release(self, partitions: list[TopicPartition]) -> None:
         self._released = True
         for tp in partitions:
+            # A partition held again later is caught up only once it reads to its end again.
+            self.caught_up_at.pop(tp.partition, None)
             part = self._partitions.pop(tp.partition, None)
             if part is not None:
                 part.close()
