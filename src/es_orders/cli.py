@@ -118,11 +118,34 @@ def query(
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8887).")] = None,
     bootstrap_servers: BootstrapOption = None,
     state_dir: StateDirOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Fold worker processes, each a member of the consumer group "
+            "(default 1; env ES_ORDERS_WORKERS).",
+        ),
+    ] = None,
+    cache_mb: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Each fold worker's cache of order states, in MiB "
+            "(default 64; env ES_ORDERS_CACHE_MB).",
+        ),
+    ] = None,
 ) -> None:
     """Run the query service: fold es-orders into local stores, serve GET /orders."""
     from es_orders.query.service import run_query_service
 
-    settings = _settings(query_port=port, bootstrap_servers=bootstrap_servers, state_dir=state_dir)
+    settings = _settings(
+        query_port=port,
+        bootstrap_servers=bootstrap_servers,
+        state_dir=state_dir,
+        workers=workers,
+        cache_mb=cache_mb,
+    )
     try:
         _exit(run_query_service(settings))
     except EsOrdersError as exc:

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     # (a partition without a leader, or without enough in-sync replicas, would otherwise
     # hold it for librdkafka's whole message timeout).
     command_timeout_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    # Fold worker processes of the query service, each a member of its consumer group.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Records a fold worker folds and checkpoints at most at once (what the consumer has
+    # ready, up to this): larger batches spread the per-batch costs, smaller ones hold
+    # less memory in flight.
+    max_batch: int = Field(default=20_000, ge=1, le=1_000_000)
+    # Each fold worker's cache of order states, in MiB (runtime/cache.py).
+    cache_mb: float = Field(default=64.0, ge=1.0, le=1_048_576.0)
     # Extra librdkafka properties: ES_ORDERS_KAFKA__SECURITY_PROTOCOL=SASL_SSL.
     kafka: dict[str, str] = Field(default_factory=dict)
 

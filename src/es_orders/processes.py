@@ -58,20 +58,25 @@ def spawn(
     log_path: Path | None,
     env: dict[str, str] | None = None,
     name: str = "",
+    inherit_output: bool = False,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in a session of its own that dies with us; output to ``log_path``.
 
     ``log_path`` None: stdout and stderr come back through one pipe (``process.stdout``),
-    which the caller must keep reading. Raises ``OSError`` if the program cannot be run.
+    which the caller must keep reading; or, with ``inherit_output``, go where ours go.
+    ``pass_fds`` stay open in the child. Raises ``OSError`` if the program cannot be run.
     """
     output = log_path.open("ab") if log_path is not None else None
+    piped = None if inherit_output else subprocess.PIPE
     try:
         process = subprocess.Popen(
             list(argv),
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=output if output is not None else subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=output if output is not None else piped,
+            stderr=None if inherit_output and output is None else subprocess.STDOUT,
+            pass_fds=tuple(pass_fds),
             start_new_session=True,
             preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 (no locks in it)
         )

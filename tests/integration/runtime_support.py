@@ -15,6 +15,8 @@ from es_orders.kafka.admin import TopicSpec, ensure_topics
 from es_orders.projection import Stored, fold_record
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer
+from es_orders.runtime.status import StatusBoard
+from es_orders.runtime.view import MaterializedView
 from tests.vectors import VectorRecord, normalize_state
 
 
@@ -95,10 +97,14 @@ def read_all(kafka_config: dict[str, Any], topic: str, partitions: int = 3) -> l
 
 
 class RunningMaterializer:
-    """A materializer on a background thread, stopped (leaving its group) on exit."""
+    """A materializer on a background thread, stopped (leaving its group) on exit, with
+    the status board and the view a service would read it through."""
 
     def __init__(self, config: MaterializerConfig) -> None:
-        self.materializer = Materializer(config)
+        self.board = StatusBoard(config.state_dir, config.group_id, config.source_topic, 1)
+        self.board.started(0, 0)
+        self.materializer = Materializer(config, publish=self.board.update)
+        self.view = MaterializedView(self.board, config.partitions)
         self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -125,7 +131,7 @@ class RunningMaterializer:
             if condition():
                 return
             time.sleep(0.05)
-        raise AssertionError(f"condition not met in {timeout} s: {self.materializer.readiness()}")
+        raise AssertionError(f"condition not met in {timeout} s: {self.view.readiness()}")
 
 
 def expected_fold(records: list[VectorRecord]) -> dict[str, dict[str, Any]]:

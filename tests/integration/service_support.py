@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,6 +40,19 @@ def service_env(
     )
     env.update(extra)
     return env
+
+
+def children_of(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s child processes (from /proc: Linux only)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 class ServiceProcess:
@@ -114,8 +128,18 @@ class Service(ServiceProcess):
             time.sleep(0.02)
 
     def kill9(self) -> None:
+        """SIGKILL the service and its fold workers at once, as a machine crash would (a
+        worker that outlived its service would stop gracefully instead)."""
+        workers = children_of(self.pid)
         self.process.send_signal(signal.SIGKILL)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
+
+    def worker_pids(self) -> list[int]:
+        """The fold worker processes, as /stats names them."""
+        return [w["pid"] for w in self.get("/stats").json()["workers"] if w["alive"]]
 
     def all_orders(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Walk GET /orders by its Link headers: every order, in id order."""

@@ -31,7 +31,9 @@ def test_a_query_service_without_its_broker_is_not_ready_and_never_denies_an_ord
             VectorRecord(k, v, {}, 1_795_876_000_000) for k, v in encoded(order_events(20, 60))
         ]
         produce(kafka, f"{topic_prefix}-events", records)
-        env = service_env(cluster.bootstrap_servers, topic_prefix, tmp_path / "state")
+        env = service_env(
+            cluster.bootstrap_servers, topic_prefix, tmp_path / "state", ES_ORDERS_WORKERS="2"
+        )
         service = Service("query", env, tmp_path)
         service.wait_ready()
         ids = sorted({o["id"] for o in service.all_orders()})

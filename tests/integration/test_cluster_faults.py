@@ -409,7 +409,7 @@ def faulted(
         ES_ORDERS_COMMAND_TIMEOUT_S=str(COMMAND_TIMEOUT_S),
     )
     command = Service("command", env, work, "--no-simulate")
-    query = Service("query", env, work)
+    query = Service("query", env, work, "--workers", "2")
     try:
         command.wait_ready(90)
         query.wait_ready(90)

@@ -217,7 +217,7 @@ def view_states(view: MaterializedView) -> dict[str, dict[str, Any]]:
 
 def folded(running: RunningMaterializer, records: list[Produced]) -> None:
     """Wait until the instance is ready and shows exactly the fold of ``records``."""
-    view = MaterializedView(running.materializer)
+    view = running.view
     expected = expected_fold([p.record for p in records])
     running.wait_until(lambda: view.readiness().ready and view_states(view) == expected)
 

@@ -76,7 +76,7 @@ def test_vectors_fold_restore_and_dead_letters(
     expected_states = {oid: normalize_state(s) for oid, s in expected.items()}
 
     with RunningMaterializer(config) as running:
-        view = MaterializedView(running.materializer)
+        view = running.view
         running.wait_until(lambda: view.readiness().ready)
         assert view_states(view) == expected_states
         counters = running.materializer.counters
@@ -99,7 +99,7 @@ def test_vectors_fold_restore_and_dead_letters(
 
     # A clean restart with the local files reads only the changelog tail: nothing.
     with RunningMaterializer(config) as running:
-        view = MaterializedView(running.materializer)
+        view = running.view
         running.wait_until(lambda: view.readiness().ready)
         assert view_states(view) == expected_states
         assert running.materializer.counters.restored_records == 0
@@ -108,7 +108,7 @@ def test_vectors_fold_restore_and_dead_letters(
     # Without local files the state comes back from the changelog, not from the events.
     shutil.rmtree(tmp_path / "state")
     with RunningMaterializer(config) as running:
-        view = MaterializedView(running.materializer)
+        view = running.view
         running.wait_until(lambda: view.readiness().ready)
         assert view_states(view) == expected_states
         assert running.materializer.counters.restored_records == len(changelog)
@@ -130,12 +130,12 @@ def test_partitions_move_between_instances_through_the_changelog(
         return view.readiness().ready and view_states(view) == expected_fold(records)
 
     with RunningMaterializer(config_a) as a:
-        view_a = MaterializedView(a.materializer)
+        view_a = a.view
         a.wait_until(lambda: complete(view_a, first))
         with RunningMaterializer(config_b) as b:
-            view_b = MaterializedView(b.materializer)
-            b.wait_until(lambda: len(b.materializer.readable) > 0 and view_b.readiness().ready)
-            a.wait_until(lambda: len(a.materializer.readable) < 3 and view_a.readiness().ready)
+            view_b = b.view
+            b.wait_until(lambda: len(b.board.snapshot.readable) > 0 and view_b.readiness().ready)
+            a.wait_until(lambda: len(a.board.snapshot.readable) < 3 and view_a.readiness().ready)
             # B took its partitions over from A's changelog, not from the events.
             assert b.materializer.counters.restored_records > 0
             assert b.materializer.counters.consumed == 0
@@ -149,5 +149,5 @@ def test_partitions_move_between_instances_through_the_changelog(
         # B left: A gets every partition back and brings its stale copy up to date from
         # the changelog tail B wrote, without folding B's events again.
         consumed_before = a.materializer.counters.consumed
-        a.wait_until(lambda: len(a.materializer.readable) == 3 and complete(view_a, events))
+        a.wait_until(lambda: len(a.board.snapshot.readable) == 3 and complete(view_a, events))
         assert a.materializer.counters.consumed == consumed_before

@@ -46,8 +46,8 @@ def start_query(
         ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
     )
 
-    def start() -> Service:
-        service = Service("query", env, tmp_path)
+    def start(workers: int = 1) -> Service:
+        service = Service("query", {**env, "ES_ORDERS_WORKERS": str(workers)}, tmp_path)
         started.append(service)
         return service
 
@@ -128,8 +128,13 @@ def consumed_positions(state_dir: Path) -> dict[str, int]:
     return positions
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
-    kafka_config: dict[str, Any], topics: dict[str, str], start_query: Any, tmp_path: Path
+    kafka_config: dict[str, Any],
+    topics: dict[str, str],
+    start_query: Any,
+    tmp_path: Path,
+    workers: int,
 ) -> None:
     records = mixed_workload(orders=2_000, events=60_000)
     produce(kafka_config, topics["events"], records)
@@ -141,7 +146,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     # Killed while folding, at random points of its progress: the fold is fast, so the
     # moment is chosen by watching the checkpointed positions, not by a timer.
     for _ in range(4):
-        query = start_query()
+        query = start_query(workers)
         query.wait_for_log("partition ready to fold")
         done = sum(consumed_positions(state_dir).values())
         target = done + rng.uniform(0.05, 0.5) * (len(records) - done)
@@ -154,7 +159,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     # is quick, so a kill can come too late: try until one lands inside it.
     for _ in range(5):
         shutil.rmtree(state_dir)
-        query = start_query()
+        query = start_query(workers)
         query.wait_for_log("partitions assigned")
         query.kill9()
         if "partition restored" not in query.log_text():
@@ -162,7 +167,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     else:
         pytest.fail("no kill landed during the restore")
 
-    query = start_query()
+    query = start_query(workers)
     query.wait_ready(timeout=120)
     assert by_id(query.all_orders()) == expected
     assert interrupted_midway >= 1, "no kill landed while the service was folding"

@@ -43,7 +43,8 @@ def _fold_and_stop(
     kafka = {"bootstrap.servers": bootstrap}
     create_topics(kafka, prefix)
     produce(kafka, f"{prefix}-events", records)
-    service = Service("query", service_env(bootstrap, prefix, state_dir), state_dir.parent)
+    env = service_env(bootstrap, prefix, state_dir, ES_ORDERS_WORKERS="2")
+    service = Service("query", env, state_dir.parent)
     service.wait_ready()
     assert _served(service) == expected_fold(records)
     assert service.stop() == 0
@@ -63,7 +64,7 @@ def test_a_store_from_an_earlier_broker_is_rebuilt_not_wedged(
         kafka = {"bootstrap.servers": second.bootstrap_servers}
         create_topics(kafka, topic_prefix)
         produce(kafka, f"{topic_prefix}-events", later)
-        env = service_env(second.bootstrap_servers, topic_prefix, state_dir)
+        env = service_env(second.bootstrap_servers, topic_prefix, state_dir, ES_ORDERS_WORKERS="2")
         service = Service("query", env, tmp_path)
         service.wait_ready(timeout=60)
         assert _served(service) == expected_fold(later), "nothing of the first broker's history"

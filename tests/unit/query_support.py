@@ -57,9 +57,9 @@ class InMemoryView:
     def readiness(self) -> Readiness:
         return self.state_of_readiness
 
-    def stats(self) -> dict[str, int | float]:
-        # As MaterializedView reports them: the materializer's counters, as they are.
-        stats: dict[str, int | float] = msgspec.structs.asdict(self.counters)
+    def stats(self) -> dict[str, object]:
+        # As MaterializedView reports them: the counters, as they are (no workers).
+        stats: dict[str, object] = msgspec.structs.asdict(self.counters)
         return stats
 
 

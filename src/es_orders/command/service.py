@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 from es_orders.command.adapters import KafkaEventLog, ViewStates, owns_every_partition
 from es_orders.command.api import create_command_app
@@ -15,6 +16,7 @@ from es_orders.kafka.partitioner import partition_for
 from es_orders.kafka.producer import AckedProducer
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer
+from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.view import MaterializedView
 from es_orders.serving import Worker, serve
 
@@ -45,20 +47,30 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
     ``simulator_rate`` commands a second come from the built-in simulator (0: none).
     """
     ensure_topics(settings.kafka_config(), topic_specs(settings))
-    materializer = Materializer(command_materializer_config(settings))
+    config = command_materializer_config(settings)
+    # The command side's view folds on a thread of this process: its commands are few,
+    # and deciding one needs the view's latest state, not a read across processes.
+    board = StatusBoard(config.state_dir, config.group_id, config.source_topic, 1)
+    board.started(0, os.getpid())
+    materializer = Materializer(config, publish=board.update)
     producer = AckedProducer(settings.kafka_config())
+    view = MaterializedView(board, settings.partitions)
     readiness = owns_every_partition(
-        materializer.readiness, lambda: set(materializer.readable), settings.partitions
+        view.readiness, lambda: set(board.snapshot.readable), settings.partitions
     )
+
+    def caught_up_at(order_id: str) -> float:
+        held = board.snapshot.held.get(partition_for(order_id.encode(), settings.partitions))
+        at = held.read_to_end_at if held is not None else None
+        return at if at is not None else -math.inf
+
     handler = CommandHandler(
-        ViewStates(MaterializedView(materializer)),
+        ViewStates(view),
         KafkaEventLog(producer, settings.events_topic),
         readiness,
         ack_timeout=producer.message_timeout + _ACK_MARGIN,
         command_timeout=settings.command_timeout_s,
-        caught_up_at=lambda order_id: materializer.caught_up_at.get(
-            partition_for(order_id.encode(), settings.partitions), -math.inf
-        ),
+        caught_up_at=caught_up_at,
     )
     app = create_command_app(
         handler, api_token=settings.api_token or None, max_body_bytes=settings.max_body_bytes

@@ -31,8 +31,38 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
+class WorkerModel(BaseModel):
+    """One fold worker process of this instance."""
+
+    index: int
+    pid: int | None
+    alive: bool = Field(description="Whether its process runs (one that exits is replaced).")
+    restarts: int = Field(description="How often this worker was replaced after exiting.")
+    partitions: list[int] = Field(description="Partitions it holds.")
+    rss_bytes: int = Field(description="Resident memory of its process now.")
+    peak_rss_bytes: int = Field(description="The most resident memory its process has had.")
+    cache_entries: int = Field(description="Order states in its cache.")
+    cache_bytes: int = Field(description="Estimated size of its cache.")
+    cache_limit_bytes: int = Field(description="Its cache's budget (--cache-mb).")
+
+
+class PartitionModel(BaseModel):
+    """One partition a fold worker of this instance holds."""
+
+    worker: int = Field(description="Index of the worker that holds it.")
+    phase: str = Field(description="restoring, catching-up or caught-up.")
+    assigned_at: float = Field(description="Unix time it was assigned to its worker.")
+    restored_records: int = Field(description="Changelog records restored since then.")
+    restore_seconds: float | None = Field(description="How long its restore took; null before.")
+    consumed: int | None = Field(description="Next offset of the events topic to fold.")
+    caught_up_at: float | None = Field(
+        description="Unix time it was last read to the end of the events topic."
+    )
+
+
 class StatsModel(BaseModel):
-    """The fold's counters since this process started: counts, and two instants."""
+    """The fold's counters since this process started (over all its fold workers, also
+    those replaced), each worker's process and cache, and each held partition."""
 
     consumed: int = Field(description="Records of the events topic consumed.")
     changed: int = Field(description="Order states written (each also to the changelog).")
@@ -45,6 +75,8 @@ class StatsModel(BaseModel):
     batches: int = Field(description="Batches checkpointed.")
     first_record_at: float = Field(description="Unix time of the first record consumed; 0 if none.")
     last_checkpoint_at: float = Field(description="Unix time of the last checkpoint; 0 if none.")
+    workers: list[WorkerModel] = Field(default_factory=list)
+    partitions: dict[int, PartitionModel] = Field(default_factory=dict)
 
 
 def _etag(version: int) -> str:

@@ -8,8 +8,9 @@ from es_orders.config import Settings
 from es_orders.kafka.admin import ensure_topics, topic_specs
 from es_orders.query.api import create_query_app
 from es_orders.runtime.clients import MaterializerConfig
-from es_orders.runtime.materializer import Materializer
+from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.view import MaterializedView
+from es_orders.runtime.workers import FoldWorkers
 from es_orders.serving import serve
 
 log = logging.getLogger(__name__)
@@ -24,25 +25,36 @@ def query_materializer_config(settings: Settings) -> MaterializerConfig:
         state_dir=settings.state_dir,
         kafka=settings.kafka_config(),
         partitions=settings.partitions,
+        cache_bytes=int(settings.cache_mb * 2**20),
+        max_batch=settings.max_batch,
     )
 
 
 def run_query_service(settings: Settings) -> int:
-    """Serve GET /orders on ``settings.query_port`` until SIGINT/SIGTERM; the exit code."""
+    """Serve GET /orders on ``settings.query_port`` until SIGINT/SIGTERM; the exit code.
+
+    This process serves HTTP and reads the stores; ``settings.workers`` child processes
+    fold (``runtime.workers``), so a read never waits for a fold.
+    """
     ensure_topics(settings.kafka_config(), topic_specs(settings))
-    materializer = Materializer(query_materializer_config(settings))
-    app = create_query_app(MaterializedView(materializer))
+    config = query_materializer_config(settings)
+    board = StatusBoard(config.state_dir, config.group_id, config.source_topic, settings.workers)
+    workers = FoldWorkers(config, board, settings.workers)
+    app = create_query_app(MaterializedView(board, settings.partitions))
     url = f"http://{settings.host}:{settings.query_port}"
 
     def started() -> None:
         log.info(
-            "query service listening url=%s docs=%s/docs group=%s state_dir=%s",
+            "query service listening url=%s docs=%s/docs group=%s state_dir=%s workers=%d "
+            "cache_mb=%g",
             url,
             url,
             settings.application_id,
             settings.state_dir,
+            settings.workers,
+            settings.cache_mb,
         )
 
     return serve(
-        app, settings.host, settings.query_port, {"materializer": materializer}, on_started=started
+        app, settings.host, settings.query_port, {"fold-workers": workers}, on_started=started
     )

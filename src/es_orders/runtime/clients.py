@@ -26,10 +26,12 @@ class MaterializerConfig:
     # Records folded per batch at most. A batch is whatever the consumer has ready, so light
     # load keeps batches (and latency) small; under a backlog, large batches spread the
     # per-batch costs (flush, SQLite commit) and replicate each changed order once.
-    max_batch: int = 50_000
+    max_batch: int = 20_000
     # Partitions of the source topic (all topics share the count): which partition holds
     # a key, so a read of a key held elsewhere is "not here", not "does not exist".
     partitions: int = 3
+    # The fold's cache of order states (``runtime.cache``), per worker.
+    cache_bytes: int = 64 * 2**20
 
 
 class Counters(msgspec.Struct):
@@ -69,6 +71,9 @@ def open_clients(config: MaterializerConfig) -> Clients:
     consumer_defaults = {
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
+        # librdkafka fetches ahead up to this much (default 64 MiB): part of a worker's
+        # fixed memory, and 16 MiB is still more than a second of the fastest fold.
+        "queued.max.messages.kbytes": 16384,
     }
     consumer = Consumer(
         {

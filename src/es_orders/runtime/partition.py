@@ -1,14 +1,16 @@
-"""One assigned partition: its store, the rows it has in memory, and where it stands."""
+"""One assigned partition: its store, its cached states, and where it stands."""
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 from pathlib import Path
 
 from es_orders.codec import decode_state
 from es_orders.projection import Stored
-from es_orders.runtime.store import PartitionStore, StoreReader
+from es_orders.runtime.cache import StateCache
+from es_orders.runtime.store import PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -29,41 +31,57 @@ def remove_store_files(path: Path) -> None:
 
 
 class AssignedPartition:
-    """A partition this instance folds. Rows read once stay in memory: the fold of a batch
-    needs the current state of each order it touches, and a dict lookup is what keeps the
-    hot path fast; SQLite is written once per batch and read only on a miss."""
+    """A partition this worker folds. Its states are read from the worker's cache (a dict
+    lookup keeps the fold's hot path fast); a batch reads what the cache lacks from the
+    store beforehand (``preload``), so ``stored_of`` reaches SQLite only for a record
+    whose key is not its order id."""
 
-    def __init__(self, number: int, path: Path) -> None:
+    def __init__(self, number: int, path: Path, cache: StateCache) -> None:
         self.number = number
         self.path = path
         self.store = PartitionStore(path)
-        self.reader = StoreReader(path)
         self.phase = Phase.RESTORING
+        self.assigned_at = time.time()
         self.restored_records = 0
+        self.restore_seconds: float | None = None
         self.consumed: int | None = None  # next offset to fold, once processing has started
-        self._rows: dict[str, Stored] = {}
+        self.read_to_end_at: float | None = None  # time.monotonic()
+        self._cache = cache
+        self.states = cache.partition(number)
+        # Orders the last preload found in neither the cache nor the store: new ones.
+        self._absent: set[str] = set()
 
     def stored_of(self, order_id: str) -> Stored | None:
-        stored = self._rows.get(order_id)
+        stored = self.states.get(order_id)
         if stored is None:
+            if order_id in self._absent:
+                return None
             row = self.store.get(order_id)
             if row is None:
                 return None
-            stored = Stored(decode_state(row[0]), row[1])
-            self._rows[order_id] = stored
+            self._cache.misses += 1
+            stored = self.states[order_id] = Stored(decode_state(row[0]), row[1])
         return stored
 
-    def remember(self, order_id: str, stored: Stored) -> None:
-        self._rows[order_id] = stored
+    def preload(self, order_ids: set[str]) -> None:
+        """Read the states of ``order_ids`` the cache lacks, in one query."""
+        states = self.states
+        missing = [order_id for order_id in order_ids if order_id not in states]
+        self._cache.hits += len(order_ids) - len(missing)
+        self._cache.misses += len(missing)
+        absent = set(missing)
+        for order_id, state, source_offset in self.store.get_many(missing):
+            states[order_id] = Stored(decode_state(state), source_offset)
+            absent.discard(order_id)
+        self._absent = absent
 
     def wipe(self) -> None:
         """Drop the local files: they belong to another history of the topics."""
         self.store.close()
         remove_store_files(self.path)
-        self.store = PartitionStore(self.path)
-        self.reader = StoreReader(self.path)  # connections to the removed file would go stale
-        self._rows.clear()
+        self.store = PartitionStore(self.path)  # a new file, of a new generation
+        self.states.clear()
 
     def close(self) -> None:
         self.store.close()
-        self._rows.clear()
+        self._cache.drop_partition(self.number)

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 _BATCH = 20_000
 
 
+class RestoreCancelledError(Exception):
+    """The service is stopping: the restore stopped where it was (it resumes from there)."""
+
+
 class LocalStoreAheadError(Exception):
     """The store's changelog position lies beyond the changelog: it is from another history."""
 
@@ -61,11 +65,14 @@ def restore_partitions(
     topic: str,
     stores: dict[int, PartitionStore],
     progress: Callable[[int, int], None] = lambda _partition, _records: None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> list[Restored]:
     """Read each changelog partition from its store's position to its end into the store.
 
     All partitions are read at once: the broker answers one fetch for all of them, and an
-    empty partition costs one fetch round trip instead of one each.
+    empty partition costs one fetch round trip instead of one each. ``cancelled`` is asked
+    between fetches; when it says so, ``RestoreCancelledError`` is raised, with what was
+    read so far written to the stores (the next restore goes on from there).
     """
     started = time.monotonic()
     states = {n: _Progress(store, store.position().changelog) for n, store in stores.items()}
@@ -78,6 +85,10 @@ def restore_partitions(
     last_log = started
     try:
         while not all(p.done for p in states.values()):
+            if cancelled():
+                raise RestoreCancelledError(
+                    f"restore of {topic} cancelled at { {n: p.written for n, p in states.items()} }"
+                )
             batch: dict[int, tuple[list[Row], int]] = {}
             for message in consumer.consume(_BATCH, timeout=0.2):
                 number, offset = position_of(message)

@@ -11,13 +11,16 @@ the old checkpoint or the new one.
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from es_orders.errors import EsOrdersError
 
@@ -42,8 +45,15 @@ ON CONFLICT (id) DO UPDATE SET state = excluded.state, source_offset = excluded.
 WHERE excluded.source_offset > orders.source_offset
 """
 _SET_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
+_SELECT_MANY = """
+SELECT id, state, source_offset FROM orders WHERE id IN (SELECT value FROM json_each(?))
+"""
 CONSUMED = "consumed"
 CHANGELOG = "changelog"
+# A random number drawn when the file is created. A reader is told which generation the
+# worker folding the partition holds open and reads no other: a file deleted and created
+# again (``AssignedPartition.wipe``) is never mistaken for the one it replaced.
+GENERATION = "generation"
 
 
 class StoreError(EsOrdersError):
@@ -77,8 +87,15 @@ class PartitionStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = _connect(path)
             self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                (GENERATION, random.getrandbits(62)),
+            )
+            generation = _generation(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from exc
+        assert generation is not None  # inserted above if missing
+        self.generation = generation
 
     def position(self) -> StorePosition:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -98,6 +115,13 @@ class PartitionStore:
             "SELECT state, source_offset FROM orders WHERE id = ?", (order_id,)
         ).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def get_many(self, order_ids: list[str]) -> list[Row]:
+        """The rows of those of ``order_ids`` the store has, in one query."""
+        if not order_ids:
+            return []
+        cursor = self._db.execute(_SELECT_MANY, (json.dumps(order_ids),))
+        return cursor.fetchall()
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM orders").fetchone()[0])
@@ -135,28 +159,62 @@ class PartitionStore:
         self._db.close()
 
 
+def _generation(db: sqlite3.Connection) -> int | None:
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (GENERATION,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+class StoreGoneError(StoreError):
+    """The store file is not the generation the reader was told about (or not there)."""
+
+
 class StoreReader:
     """Read-only access for HTTP threads: each thread keeps its own connection (opening
-    one costs more than the read), and never shares it with another thread."""
+    one costs more than the read), and never shares it with another thread.
 
-    def __init__(self, path: Path) -> None:
+    With ``generation``, a connection is kept only if the file it opened is that
+    generation: a store being deleted and created again by a worker raises
+    ``StoreGoneError`` instead of answering from an empty new file.
+    """
+
+    def __init__(self, path: Path, generation: int | None = None) -> None:
         self.path = path
+        self.generation = generation
         self._local = threading.local()
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = _connect(self.path, readonly=True)
+            try:
+                db = _connect(self.path, readonly=True)
+                found = None if self.generation is None else _generation(db)
+            except sqlite3.Error as exc:
+                raise StoreGoneError(f"cannot open state store {self.path}: {exc}") from exc
+            if found != self.generation:
+                db.close()
+                raise StoreGoneError(
+                    f"state store {self.path} is generation {found}, not {self.generation}"
+                )
+            self._local.db = db
         return db
 
+    def _query(self, sql: str, parameters: tuple[object, ...]) -> list[Any]:
+        db = self._db()
+        try:
+            return db.execute(sql, parameters).fetchall()
+        except sqlite3.Error as exc:
+            # Whatever went wrong with this connection, the next read opens a new one.
+            self._local.db = None
+            db.close()
+            raise StoreGoneError(f"cannot read state store {self.path}: {exc}") from exc
+
     def get(self, order_id: str) -> bytes | None:
-        row = self._db().execute("SELECT state FROM orders WHERE id = ?", (order_id,)).fetchone()
-        return None if row is None else bytes(row[0])
+        rows = self._query("SELECT state FROM orders WHERE id = ?", (order_id,))
+        return bytes(rows[0][0]) if rows else None
 
     def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        db = self._db()
-        rows = db.execute(
+        rows = self._query(
             "SELECT id, state FROM orders WHERE id > ? ORDER BY id LIMIT ?",
             (after if after is not None else "", limit),
-        ).fetchall()
+        )
         return [(order_id, bytes(state)) for order_id, state in rows]

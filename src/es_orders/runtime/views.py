@@ -46,7 +46,7 @@ class OrderView(Protocol):
 
     def readiness(self) -> Readiness: ...
 
-    def stats(self) -> dict[str, int | float]:
+    def stats(self) -> dict[str, object]:
         """Counters of the fold since start (records consumed, dead letters, ...): counts
-        are integers, instants (``*_at``) Unix seconds."""
+        are integers, instants (``*_at``) Unix seconds; ``workers`` and ``partitions``."""
         ...
