@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # Records a fold worker folds and checkpoints at most at once (what the consumer has
     # ready, up to this): larger batches spread the per-batch costs, smaller ones hold
     # less memory in flight.
-    max_batch: int = Field(default=20_000, ge=1, le=1_000_000)
+    max_batch: int = Field(default=50_000, ge=1, le=1_000_000)
     # Each fold worker's cache of order states, in MiB (runtime/cache.py).
     cache_mb: float = Field(default=64.0, ge=1.0, le=1_048_576.0)
     # Extra librdkafka properties: ES_ORDERS_KAFKA__SECURITY_PROTOCOL=SASL_SSL.

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 from benchmarks.context import BenchOptions
-from benchmarks.report import FIGURES
+from benchmarks.report import figures_for
 
 pytestmark = pytest.mark.integration
 
-LAST_LINE = re.compile(r"fold throughput: (\d+) events/s, (\d+\.\d)x quixstreams")
+LAST_LINE = re.compile(
+    r"fold throughput: (\d+) events/s, (\d+\.\d)x quixstreams; (\d+) events/s with (\d+) workers"
+)
 
 
 def test_quick_bench_reports_every_figure_and_the_summary_line(tmp_path: Path) -> None:
@@ -40,13 +42,14 @@ def test_quick_bench_reports_every_figure_and_the_summary_line(tmp_path: Path) -
 
     document = json.loads(output.read_text())
     figures = document["figures"]
+    quick = BenchOptions.quick()
     assert document["error"] is None
-    assert sorted(figures) == sorted(f.key for f in FIGURES)
+    assert sorted(figures) == sorted(f.key for f in figures_for(quick))
     not_positive = {k: v for k, v in figures.items() if not (isinstance(v, int | float) and v > 0)}
     assert not not_positive
 
     details = document["details"]
-    assert figures["restore.cold.restored_records"] == BenchOptions.quick().restore_orders
+    assert figures["restore.cold.restored_records"] == quick.restore_orders
     assert details["restore.cold.consumed"] == 0
     assert details["restore.warm.consumed"] == 0
     for phase in ("latency.by_id", "latency.list", "command.visible"):
@@ -56,5 +59,7 @@ def test_quick_bench_reports_every_figure_and_the_summary_line(tmp_path: Path) -
     last = completed.stdout.strip().splitlines()[-1]
     match = LAST_LINE.fullmatch(last)
     assert match is not None, last
-    assert int(match.group(1)) == round(figures["fold.events_per_s"])
-    assert match.group(2) == f"{figures['fold.vs_quixstreams']:.1f}"
+    assert int(match.group(1)) == round(figures["fold.narrow.workers_1.events_per_s"])
+    assert match.group(2) == f"{figures['fold.narrow.vs_quixstreams']:.1f}"
+    many = figures[f"fold.narrow.workers_{quick.workers}.events_per_s"]
+    assert (int(match.group(3)), int(match.group(4))) == (round(many), quick.workers)

@@ -1,5 +1,6 @@
-"""A rebalance in the middle of gathering a batch: records of partitions taken away are
-dropped, not folded into stores that are gone (that raised KeyError and killed the fold)."""
+"""A rebalance in the middle of a batch: what was folded of partitions taken away is
+dropped, and their later records are not folded into stores that are gone (that raised
+KeyError and killed the fold)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from confluent_kafka import TopicPartition
 
 from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.clients import MaterializerConfig
-from es_orders.runtime.materializer import Materializer
+from es_orders.runtime.materializer import Materializer, _Batch
 
 
 class _Record:
@@ -46,11 +47,11 @@ class _RebalancingConsumer:
             return [_Record(0, 1), _Record(1, 1), _Record(1, 2)]
         if self.calls == 2:
             self._assignment.on_lost(None, [TopicPartition("events", 1)])
-            return [_Record(0, 2)]
+            return [_Record(0, 2), _Record(1, 3)]
         return []
 
 
-def test_records_of_a_partition_taken_away_while_gathering_are_dropped(tmp_path: Path) -> None:
+def test_what_a_batch_folded_of_a_partition_taken_away_is_dropped(tmp_path: Path) -> None:
     config = MaterializerConfig("events", "state", None, "group", tmp_path, {})
     told: list[bool] = []
     materializer = Materializer(config, publish=lambda _status: None)
@@ -64,10 +65,28 @@ def test_records_of_a_partition_taken_away_while_gathering_are_dropped(tmp_path:
     )
     assignment.partitions = {0: _Held(), 1: _Held()}  # type: ignore[dict-item]
     materializer._assignment = assignment
+    folded: list[tuple[int, int]] = []
+    checkpointed: list[_Batch] = []
+
+    def fold(records: list[Any], batch: _Batch) -> None:
+        for record in records:
+            folded.append((record.partition(), record.offset()))
+            batch.last[record.partition()] = record.offset()
+            batch.changed.setdefault(record.partition(), {})
+        batch.records += len(records)
+
+    materializer._preload = lambda _records: None  # type: ignore[method-assign,assignment]
+    materializer._tell = lambda _now: None  # type: ignore[method-assign,assignment]
+    materializer._fold = fold  # type: ignore[method-assign]
+    materializer._checkpoint = checkpointed.append  # type: ignore[method-assign,assignment]
     consumer: Any = _RebalancingConsumer(assignment)
 
-    batch = materializer._gather(consumer, _Record(1, 0))
+    materializer._batch(consumer, _Record(1, 0))
 
-    assert [(m.partition(), m.offset()) for m in batch] == [(0, 1), (0, 2)]
+    # The first slice was folded before the rebalance; the second holds nothing of 1.
+    assert folded == [(1, 0), (0, 1), (1, 1), (1, 2), (0, 2)]
+    (batch,) = checkpointed
+    assert batch.last == {0: 2}
+    assert list(batch.changed) == [0]
     assert list(assignment.partitions) == [0]
     assert told == [True], "the release is told at once"

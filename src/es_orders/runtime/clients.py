@@ -26,7 +26,7 @@ class MaterializerConfig:
     # Records folded per batch at most. A batch is whatever the consumer has ready, so light
     # load keeps batches (and latency) small; under a backlog, large batches spread the
     # per-batch costs (flush, SQLite commit) and replicate each changed order once.
-    max_batch: int = 20_000
+    max_batch: int = 50_000
     # Partitions of the source topic (all topics share the count): which partition holds
     # a key, so a read of a key held elsewhere is "not here", not "does not exist".
     partitions: int = 3

@@ -22,7 +22,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Message
@@ -54,11 +54,31 @@ def _keeps(error: KafkaError | None) -> bool:
     return error is not None and error.code() != KafkaError._PARTITION_EOF
 
 
-_SLICE = 2_000
+# Records consumed and folded at a time within a batch: all a worker holds of them.
+_SLICE = 5_000
 # Progress (restore, checkpoints) is told at most this often; changes to what the
 # worker holds are told at once.
 _STATUS_INTERVAL = 0.2
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class _Batch:
+    """What a batch folded so far, per partition: new states, last offsets, the partitions
+    read to their end, and the records that cannot be folded (for the dead letters)."""
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.changed: dict[int, dict[str, Stored]] = {}
+        self.last: dict[int, int] = {}
+        self.at_end: list[int] = []
+        self.dead: list[tuple[Message, str]] = []
+
+    def keep_only(self, held: dict[int, Any]) -> None:
+        """Forget what was folded of partitions that are not ``held`` any more."""
+        self.changed = {n: c for n, c in self.changed.items() if n in held}
+        self.last = {n: o for n, o in self.last.items() if n in held}
+        self.at_end = [n for n in self.at_end if n in held]
+        self.dead = [(m, e) for m, e in self.dead if m.partition() in held]
 
 
 class StopFlag(Protocol):
@@ -133,7 +153,7 @@ class Materializer:
             while not self._stop.is_set():
                 first = consumer.poll(0.1)
                 if first is not None:
-                    self._process(self._gather(consumer, first))
+                    self._batch(consumer, first)
                 now = time.monotonic()
                 if now - self._told_at > 1.0:
                     self._tell(False)  # memory and counters, even when idle
@@ -143,27 +163,40 @@ class Materializer:
         finally:
             self._close()
 
-    def _gather(self, consumer: Consumer, first: Message) -> list[Message]:
-        """The batch: what the consumer has ready, up to ``max_batch`` records.
+    def _batch(self, consumer: Consumer, first: Message) -> None:
+        """Fold what the consumer has ready, up to ``max_batch`` records, then checkpoint.
 
-        Taken in small slices: building Message objects holds the GIL, and one call for
-        20,000 would keep the worker's other threads (librdkafka's callbacks) waiting.
+        Consumed and folded a slice at a time, so that no more than a slice of records is
+        held in memory at once, while a checkpoint still covers the whole batch: an order
+        changed many times in it is written (to the changelog and the store) once.
         """
         assignment = self._assignment
         assert assignment is not None
+        batch = _Batch()
         assignment.released = False
-        batch = [first]
-        while len(batch) < self.config.max_batch:
-            more = consumer.consume(min(_SLICE, self.config.max_batch - len(batch)), timeout=0)
-            if not more:
+        records = [first, *consumer.consume(_SLICE - 1, timeout=0)]
+        while True:
+            if assignment.released:
+                # Partitions taken away by a rebalance callback (``consume`` serves them)
+                # are no longer ours: what was folded of them is dropped, and the next
+                # owner reads it again from the offset committed on revoke.
+                batch.keep_only(assignment.partitions)
+                held = assignment.partitions
+                records = [m for m in records if m.partition() in held or _keeps(m.error())]
+                assignment.released = False
+            self._preload(records)
+            self._fold(records, batch)
+            if batch.records >= self.config.max_batch:
                 break
-            batch += more
-        if assignment.released:
-            # Records of partitions taken away meanwhile are no longer ours to fold: the
-            # next owner reads them again from the offset committed on revoke.
-            held = assignment.partitions
-            batch = [m for m in batch if m.partition() in held or _keeps(m.error())]
-        return batch
+            records = consumer.consume(
+                min(_SLICE, self.config.max_batch - batch.records), timeout=0
+            )
+            if not records:
+                break
+        if batch.last:
+            self._checkpoint(batch)
+        assignment.reached_end(batch.at_end, time.monotonic())
+        self._tell(False)
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -235,39 +268,40 @@ class Materializer:
             if part is not None:
                 part.preload(wanted)
 
-    def _checkpoint(self, changed: dict[int, dict[str, Stored]], last: dict[int, int]) -> None:
+    def _checkpoint(self, batch: _Batch) -> None:
         assert self._replicator and self._consumer and self._assignment
+        for message, error in batch.dead:
+            self._replicator.dead_letter(message, error)
         done = checkpoint(
             replicator=self._replicator,
             consumer=self._consumer,
             source_topic=self.config.source_topic,
             partitions=self._assignment.partitions,
             cache=self.cache,
-            changed=changed,
-            last=last,
+            changed=batch.changed,
+            last=batch.last,
         )
         counters = self.counters
         counters.changed += done.rows
         counters.changelog_records += done.rows
+        counters.dead_letters += len(batch.dead)
         counters.batches += 1
         counters.last_checkpoint_at = done.at
         self.cache.shrink()
 
-    def _process(self, batch: list[Message]) -> None:
-        """Fold a batch, replicate and checkpoint it. The loop is the hot path: per record
-        it does only what the fold needs, counters and lookups are hoisted out of it."""
+    def _fold(self, records: list[Message], batch: _Batch) -> None:
+        """Fold a slice of records into their orders' states (and the cache). The loop is
+        the hot path: per record it does only what the fold needs, counters and lookups
+        are hoisted out of it."""
         started = time.time()
-        replicator, consumer, assignment = self._replicator, self._consumer, self._assignment
-        assert replicator is not None and consumer is not None and assignment is not None
-        self._preload(batch)
-        changed: dict[int, dict[str, Stored]] = {}
-        last: dict[int, int] = {}
-        at_end: list[int] = []
+        assignment = self._assignment
+        assert assignment is not None
+        changed, last, at_end, dead = batch.changed, batch.last, batch.at_end, batch.dead
         counters = self.counters
         partitions = assignment.partitions
-        consumed = dead = replayed = duplicates = 0
+        consumed = replayed = duplicates = 0
         number, part = -1, None
-        for message in batch:
+        for message in records:
             error = message.error()
             if error is not None:
                 _consumer_event(message, error, at_end)
@@ -290,8 +324,8 @@ class Materializer:
                 stored_of,
             )
             if folded.error is not None:
-                replicator.dead_letter(message, str(folded.error))
-                dead += 1
+                # Sent with the checkpoint, and only if the partition is still ours then.
+                dead.append((message, str(folded.error)))
                 continue
             replayed += folded.replayed
             duplicates += folded.duplicates
@@ -308,13 +342,9 @@ class Materializer:
                 order_id = stored.state.id
                 states[order_id] = stored
                 batch_changes[order_id] = stored
-        if last:
-            if not counters.first_record_at:
-                counters.first_record_at = started
-            self._checkpoint(changed, last)
+        if consumed and not counters.first_record_at:
+            counters.first_record_at = started
+        batch.records += len(records)
         counters.consumed += consumed
-        counters.dead_letters += dead
         counters.replayed += replayed
         counters.duplicates += duplicates
-        assignment.reached_end(at_end, time.monotonic())
-        self._tell(False)

@@ -45,6 +45,7 @@ _FRAME = struct.Struct(">I")
 _MAX_RESTARTS = 5
 _RESTART_WINDOW = 60.0
 _RESTART_DELAY = 1.0
+_WORKER_NICENESS = 10
 
 
 class WorkerFailedError(EsOrdersError):
@@ -228,6 +229,9 @@ def worker_main(argv: list[str]) -> int:
         format=f"%(asctime)s %(levelname)-7s %(name)s worker={index} %(message)s",
     )
     config = _decode_config(os.environ[_CONFIG_ENV])
+    # Folding is throughput work, reads are latency work: on a busy machine the kernel
+    # runs the service's HTTP process first, and a worker takes whatever is left.
+    os.nice(_WORKER_NICENESS)
     with stop_requested() as requested:
         Materializer(config, publish=_write_frames(fd), stop=requested, index=index).run()
     return 0
