@@ -66,12 +66,21 @@ class Replicator:
         Python callback per record costs more than the rest of the record's replication.
         """
         on_ack, last = self._acks.on_ack, len(rows) - 1
+        produce, topic = self._producer.produce, self._changelog_topic
         for n, (order_id, state, source_offset) in enumerate(rows):
             headers: Headers = [(SOURCE_OFFSET_HEADER, str(source_offset).encode())]
             on_delivery = on_ack if n < last else self._acks.on_last_changelog
-            self._produce(
-                self._changelog_topic, order_id.encode(), state, headers, on_delivery, partition
-            )
+            try:  # inline, not through _produce: this runs once per changed order
+                produce(
+                    topic,
+                    state,
+                    order_id.encode(),
+                    partition,
+                    on_delivery=on_delivery,
+                    headers=headers,
+                )
+            except BufferError:
+                self._produce(topic, order_id.encode(), state, headers, on_delivery, partition)
 
     def dead_letter(self, message: Message, error: str) -> None:
         partition, offset = position_of(message)
