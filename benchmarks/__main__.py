@@ -20,10 +20,38 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def bench(
-    events: Annotated[int | None, typer.Option(help="Events to fold (300,000).")] = None,
+    events: Annotated[
+        int | None, typer.Option(help="Events of the narrow fold workload (300,000).")
+    ] = None,
     orders: Annotated[int | None, typer.Option(help="Orders they belong to (10,000).")] = None,
+    wide_events: Annotated[
+        int | None, typer.Option(help="Events of the wide fold workload (1,000,000).")
+    ] = None,
+    wide_orders: Annotated[
+        int | None, typer.Option(help="Orders they belong to (200,000).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Fold workers measured beside one (2, at most --partitions); the other "
+            "phases' query services run with as many."
+        ),
+    ] = None,
+    cache_mb: Annotated[
+        int | None, typer.Option(help="Cache of each fold worker, MiB, in every service (64).")
+    ] = None,
+    memory_orders: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Orders folded by one worker in the memory phase, one run per use of the "
+            "flag (200,000 and 2,000,000)."
+        ),
+    ] = None,
     restore_orders: Annotated[
-        int | None, typer.Option(help="Orders in the changelog to restore (100,000).")
+        int | None, typer.Option(help="Orders in the changelog to restore (200,000).")
+    ] = None,
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions of every topic the bench creates (4).")
     ] = None,
     seconds: Annotated[
         float | None, typer.Option(help="Length of each latency measure (5 s).")
@@ -46,7 +74,13 @@ def bench(
             quick,
             events=events,
             orders=orders,
+            wide_events=wide_events,
+            wide_orders=wide_orders,
+            workers=workers,
+            cache_mb=cache_mb,
+            memory_orders=memory_orders,
             restore_orders=restore_orders,
+            partitions=partitions,
             seconds=seconds,
             engine=engine.value,
         )

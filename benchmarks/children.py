@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
 from benchmarks.errors import BenchError
+from benchmarks.stats import WorkerStats, workers_of
 from es_orders.brokers import LOOPBACK, free_port
 from es_orders.processes import spawn, stop
 
@@ -29,9 +28,8 @@ log = logging.getLogger(__name__)
 
 _POLL = 0.02
 _STATS_EVERY = 0.2
-# The services log with logging's default asctime: local time, milliseconds after a comma.
-_LOGGED_AT = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", re.MULTILINE)
-_RESTORED = re.compile(r"partition restored partition=(\d+) records=(\d+) seconds=([\d.]+)")
+# How long a query service's fold workers may outlive it once it has exited.
+_WORKERS_GONE_WITHIN = 10.0
 
 
 class ChildProcess:
@@ -170,42 +168,101 @@ class ServiceProcess(ChildProcess):
         super()._close()
 
 
+class QueryProcess(ServiceProcess):
+    """``es-orders query`` with ``workers`` fold workers, each with a ``cache_mb`` MiB cache.
+
+    Both go in its environment (ES_ORDERS_WORKERS, ES_ORDERS_CACHE_MB); ``worker_stats``
+    checks the count against /stats, so a service that ignored them cannot pass for one
+    that ran with them. Fold workers are processes of the service's own: when it has
+    stopped, every worker /stats ever named must be gone too.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int, cache_mb: int):
+        self.workers = workers
+        self.cache_mb = cache_mb
+        self._worker_pids: set[int] = set()
+        env = {**env, "ES_ORDERS_WORKERS": str(workers), "ES_ORDERS_CACHE_MB": str(cache_mb)}
+        super().__init__("query", env, log_path)
+
+    def stats(self) -> dict[str, Any]:
+        stats = super().stats()
+        for worker in stats.get("workers") or ():
+            pid = worker.get("pid") if isinstance(worker, dict) else None
+            if isinstance(pid, int) and pid > 0:
+                self._worker_pids.add(pid)
+        return stats
+
+    def worker_stats(self, stats: dict[str, Any]) -> list[WorkerStats]:
+        """The fold workers in ``stats``: as many as asked for, each running, none restarted."""
+        workers = workers_of(stats)
+        if len(workers) != self.workers:
+            raise BenchError(
+                f"query (pid {self.pid}) reports {len(workers)} fold workers, not the "
+                f"{self.workers} of ES_ORDERS_WORKERS: {workers}"
+            )
+        failed = [w for w in workers if not w.alive or w.restarts]
+        if failed:
+            raise BenchError(
+                f"query (pid {self.pid}): fold workers exited or were replaced, so what "
+                f"they report is not of one run: {failed}; see {self.log_path}"
+            )
+        return workers
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Stop the service, then check that its fold workers ended with it."""
+        code = super().stop(timeout)
+        deadline = time.monotonic() + _WORKERS_GONE_WITHIN
+        left = self._running_workers()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = self._running_workers()
+        if left:
+            raise BenchError(
+                f"query (pid {self.pid}) exited with {code}, but its fold workers "
+                f"{sorted(left)} still run {_WORKERS_GONE_WITHIN:g} s later"
+            )
+        return code
+
+    def _running_workers(self) -> set[int]:
+        return {pid for pid in self._worker_pids if _running(pid)}
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # The state follows the command name, which is in parentheses and may hold spaces.
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 @contextmanager
 def stopping(*children: ChildProcess) -> Iterator[None]:
-    """Stop ``children`` (in reverse order) when the block ends, however it ends."""
+    """Stop ``children`` (in reverse order) when the block ends, however it ends.
+
+    Each is stopped even if stopping another failed; a failure to stop is raised once
+    all are, unless the block itself failed: that failure is the one to report.
+    """
+    failed = True
     try:
         yield
+        failed = False
     finally:
+        first: BenchError | None = None
         for child in reversed(children):
-            child.stop()
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreLog:
-    """What a query service logged about its start: when it was assigned, what it restored."""
-
-    assigned_at: float | None
-    restore_seconds: float  # the slowest partition's restore
-    restored_records: int
-
-
-def read_restore_log(text: str) -> RestoreLog:
-    assigned_at = None
-    for line in text.splitlines():
-        if "partitions assigned" in line:
-            assigned_at = _logged_at(line)
-            break
-    restored = [(int(r), float(s)) for _p, r, s in _RESTORED.findall(text)]
-    return RestoreLog(
-        assigned_at,
-        max((seconds for _r, seconds in restored), default=0.0),
-        sum(records for records, _s in restored),
-    )
-
-
-def _logged_at(line: str) -> float | None:
-    match = _LOGGED_AT.match(line)
-    if match is None:
-        return None
-    moment = time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
-    return time.mktime(moment) + int(match.group(2)) / 1000
+            try:
+                child.stop()
+            except BenchError as exc:
+                log.warning("stop failed: %s", exc)
+                first = first or exc
+        if first is not None and not failed:
+            raise first

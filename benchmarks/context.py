@@ -6,11 +6,31 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.children import ServiceProcess, service_env
+from benchmarks.children import QueryProcess, service_env
 from benchmarks.topics import TopicSet, create_topic_set
 from es_orders.brokers import Engine
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Events each contender folds in turn: the same records (one generator, one seed)."""
+
+    name: str  # narrow (many events per order) or wide (few per order, many orders)
+    events: int
+    orders: int
+    seed: int
+
+
+def fold_key(workload: Workload, workers: int) -> str:
+    """The prefix of one fold run's figures, e.g. ``fold.narrow.workers_2``."""
+    return f"fold.{workload.name}.workers_{workers}"
+
+
+def memory_key(orders: int) -> str:
+    """The prefix of one memory run's figures, e.g. ``memory.orders_200000``."""
+    return f"memory.orders_{orders}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,8 +39,19 @@ class BenchOptions:
 
     events: int = 300_000
     orders: int = 10_000
-    restore_orders: int = 100_000
-    partitions: int = 3
+    wide_events: int = 1_000_000
+    wide_orders: int = 200_000
+    # Each workload is folded by one fold worker, then by this many (es-orders query
+    # --workers); the other phases' query services run with this many too.
+    workers: int = 2
+    # es-orders query --cache-mb (MiB) of every query service the bench starts.
+    cache_mb: int = 64
+    # The memory phase folds this many orders (one event each), one run per count.
+    memory_orders: tuple[int, ...] = (200_000, 2_000_000)
+    restore_orders: int = 200_000
+    # Four, not the services' default three: two fold workers then hold two each, as
+    # a team running two workers would lay its topics out (three split 2:1).
+    partitions: int = 4
     latency_seconds: float = 5.0
     by_id_rate: float = 500.0
     list_rate: float = 100.0
@@ -38,6 +69,9 @@ class BenchOptions:
         return cls(
             events=3_000,
             orders=300,
+            wide_events=10_000,
+            wide_orders=2_000,
+            memory_orders=(2_000, 20_000),
             restore_orders=2_000,
             latency_seconds=1.0,
             command_seconds=1.0,
@@ -45,11 +79,33 @@ class BenchOptions:
             group_trials=1,
         )
 
+    def workloads(self) -> tuple[Workload, Workload]:
+        return (
+            Workload("narrow", self.events, self.orders, 7),
+            Workload("wide", self.wide_events, self.wide_orders, 19),
+        )
+
     def validate(self) -> None:
         if self.events < self.orders or self.orders < 1:
             raise ValueError("--events must be at least --orders, and --orders at least 1")
+        if self.wide_events < self.wide_orders or self.wide_orders < 1:
+            raise ValueError(
+                "--wide-events must be at least --wide-orders, and --wide-orders at least 1"
+            )
         if self.restore_orders < 1 or self.partitions < 1:
             raise ValueError("--restore-orders and --partitions must be at least 1")
+        if not 2 <= self.workers <= self.partitions:
+            raise ValueError(
+                f"--workers must be from 2 to --partitions ({self.partitions}): one worker "
+                f"is always measured beside it, and a worker without a partition folds "
+                f"nothing (got {self.workers})"
+            )
+        if self.cache_mb < 1:
+            raise ValueError(f"--cache-mb must be at least 1 (got {self.cache_mb})")
+        if not self.memory_orders or min(self.memory_orders) < 1:
+            raise ValueError("--memory-orders must be given at least once, each at least 1")
+        if len(set(self.memory_orders)) != len(self.memory_orders):
+            raise ValueError(f"--memory-orders are repeated: {list(self.memory_orders)}")
         if min(self.latency_seconds, self.command_seconds) <= 0:
             raise ValueError("phase durations must be positive")
         if self.group_trials < 1:
@@ -105,10 +161,17 @@ class Bench:
         )
 
     def query_service(
-        self, topics: TopicSet, application_id: str, state_dir: Path, name: str
-    ) -> ServiceProcess:
+        self,
+        topics: TopicSet,
+        application_id: str,
+        state_dir: Path,
+        name: str,
+        workers: int | None = None,
+    ) -> QueryProcess:
+        """``es-orders query`` with ``workers`` fold workers (default: ``options.workers``)."""
+        workers = self.options.workers if workers is None else workers
         env = self.env(topics, application_id, state_dir)
-        return ServiceProcess("query", env, self.work_dir / f"{name}.log")
+        return QueryProcess(env, self.work_dir / f"{name}.log", workers, self.options.cache_mb)
 
     def wait_seconds(self, records: int) -> float:
         """A generous bound for folding ``records``: no honest run comes near it."""

@@ -12,7 +12,7 @@ from functools import partial
 
 import httpx
 
-from benchmarks.children import ServiceProcess, stopping
+from benchmarks.children import QueryProcess, ServiceProcess, stopping
 from benchmarks.context import Bench
 from benchmarks.errors import BenchError
 from benchmarks.load import (
@@ -23,7 +23,8 @@ from benchmarks.load import (
     Response,
     open_loop,
 )
-from benchmarks.topics import produce
+from benchmarks.stats import settled
+from benchmarks.topics import HeldRecords
 from es_orders.workload import encoded, order_events
 
 log = logging.getLogger(__name__)
@@ -44,36 +45,54 @@ _GIVE_UP = 2 * REQUEST_TIMEOUT
 
 
 def measure_query_latency(bench: Bench, fold_rate: float) -> None:
-    """GET /orders/{id} at ``by_id_rate``, then GET /orders?limit=100, while folding."""
+    """GET /orders/{id} at ``by_id_rate``, then GET /orders?limit=100, while folding.
+
+    The service runs with ``workers`` fold workers; ``fold_rate`` is what as many folded
+    in the fold phase, and sizes the backlog that keeps them busy through both windows.
+    """
     options = bench.options
     windows = 2 * options.latency_seconds
     preload = int(fold_rate * windows * _PRELOAD_MARGIN) + 3 * options.orders
     preload = max(options.events, min(preload, options.latency_max_events))
     topics = bench.topics("latency")
-    produce(
-        bench.bootstrap_servers,
-        topics.events,
-        encoded(order_events(options.orders, preload, 13)),
-    )
-    service = bench.query_service(
-        topics, f"bench-{bench.run_id}-latency", bench.work_dir / "latency-state", "query-latency"
-    )
-    with stopping(service):
-        # Orders are created by the first events of each partition, but partitions fold
-        # at their own pace: the windows start once every order can be read.
-        service.wait_for(
-            "every order created",
-            lambda: _orders_visible(service) >= options.orders,
-            bench.wait_seconds(preload),
-            every=0.2,
+    records = encoded(order_events(options.orders, preload, 13))
+    # Held back until the service's group has settled, as in the fold phase: the
+    # windows measure reads next to workers folding, not next to their rebalance.
+    with HeldRecords(bench.bootstrap_servers, topics.events, records) as held:
+        service = bench.query_service(
+            topics,
+            f"bench-{bench.run_id}-latency",
+            bench.work_dir / "latency-state",
+            "query-latency",
         )
-        rng = random.Random(17)
-        count = round(options.by_id_rate * options.latency_seconds) + 1
-        by_id = [f"/orders/o{rng.randrange(options.orders):07d}" for _ in range(count)]
-        _window(bench, service, "latency.by_id", options.by_id_rate, by_id.__getitem__, preload)
-        listing = "/orders?limit=100"
-        _window(bench, service, "latency.list", options.list_rate, lambda _i: listing, preload)
+        with stopping(service):
+            service.wait_stats(
+                "its consumer group settled",
+                lambda s: settled(s, topics.partitions),
+                bench.wait_seconds(0),
+            )
+            held.release()
+            _measure_windows(bench, service, preload)
     bench.results.details["latency.preloaded_events"] = preload
+
+
+def _measure_windows(bench: Bench, service: QueryProcess, preload: int) -> None:
+    options = bench.options
+    # Orders are created by the first events of each partition, but partitions fold
+    # at their own pace: the windows start once every order can be read.
+    service.wait_for(
+        "every order created",
+        lambda: _orders_visible(service) >= options.orders,
+        bench.wait_seconds(preload),
+        every=0.2,
+    )
+    rng = random.Random(17)
+    count = round(options.by_id_rate * options.latency_seconds) + 1
+    by_id = [f"/orders/o{rng.randrange(options.orders):07d}" for _ in range(count)]
+    _window(bench, service, "latency.by_id", options.by_id_rate, by_id.__getitem__, preload)
+    listing = "/orders?limit=100"
+    _window(bench, service, "latency.list", options.list_rate, lambda _i: listing, preload)
+    service.worker_stats(service.stats())  # it ran with ``workers`` fold workers throughout
 
 
 def _orders_visible(service: ServiceProcess) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.children import ChildProcess, service_env, stopping
-from benchmarks.context import Bench
+from benchmarks.context import Bench, Workload
 from benchmarks.errors import BenchError
 from benchmarks.topics import TopicSet, create_quix_changelog, produce_to, sentinel_records
 
@@ -47,15 +47,18 @@ class QuixProcess(ChildProcess):
         return self.status()
 
 
-def measure_quix_fold(bench: Bench, topics: TopicSet, events: int) -> None:
-    """Fold the fold phase's events; throughput from first to last message processed.
+def measure_quix_fold(bench: Bench, topics: TopicSet, workload: Workload) -> float:
+    """Fold ``workload``'s events; throughput from first to last message processed.
 
     quixstreams commits every 5 s (its default) while it processes; the last commit,
     after the last message, is outside this window, unlike es-orders' last checkpoint.
+    Returns events/s.
     """
-    group = f"bench-{bench.run_id}-quix-fold"
+    events = workload.events
+    name = f"quix-fold-{workload.name}"
+    group = f"bench-{bench.run_id}-{name}"
     create_quix_changelog(bench.bootstrap_servers, topics, group)
-    app = QuixProcess(bench, topics, group, bench.work_dir / "quix-fold-state", "quix-fold")
+    app = QuixProcess(bench, topics, group, bench.work_dir / f"{name}-state", name)
     with stopping(app):
         status = app.wait_status(
             "all events processed",
@@ -65,17 +68,25 @@ def measure_quix_fold(bench: Bench, topics: TopicSet, events: int) -> None:
     seconds = status["last_at"] - status["first_at"]
     if seconds <= 0:
         raise BenchError(f"the fold of {events} events took no measurable time: use more")
-    rate = status["processed"] / seconds
-    log.info("quixstreams fold measured events=%d seconds=%.2f rate=%.0f", events, seconds, rate)
-    bench.results.figures["quix.fold.events_per_s"] = rate
+    rate: float = status["processed"] / seconds
+    log.info(
+        "quixstreams fold measured workload=%s events=%d seconds=%.2f rate=%.0f",
+        workload.name,
+        events,
+        seconds,
+        rate,
+    )
+    key = f"quix.fold.{workload.name}"
+    bench.results.figures[f"{key}.events_per_s"] = rate
     bench.results.details.update(
         {
-            "quix.fold.events": status["processed"],
-            "quix.fold.seconds": seconds,
-            "quix.fold.start_to_first_record_s": status["first_at"] - app.started_at,
-            "quix.fold.dead_letters": status["dead_letters"],
+            f"{key}.events": status["processed"],
+            f"{key}.seconds": seconds,
+            f"{key}.start_to_first_record_s": status["first_at"] - app.started_at,
+            f"{key}.dead_letters": status["dead_letters"],
         }
     )
+    return rate
 
 
 def measure_quix_restore(bench: Bench, topics: TopicSet) -> None:

@@ -13,15 +13,18 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from rich.console import Console
 
-from benchmarks.context import Bench, BenchOptions, Results
+from benchmarks.context import Bench, BenchOptions, Results, fold_key
 from benchmarks.groups import measure_groups
 from benchmarks.interactive import measure_command_to_visible, measure_query_latency
+from benchmarks.memory import measure_memory
 from benchmarks.ours import measure_fold, measure_restore
 from benchmarks.quix import measure_quix_fold, measure_quix_restore
 from benchmarks.report import last_line, print_table, write_json
@@ -31,13 +34,21 @@ from es_orders.processes import sigterm_interrupts
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 
 def bench_options(
     quick: bool,
     *,
     events: int | None = None,
     orders: int | None = None,
+    wide_events: int | None = None,
+    wide_orders: int | None = None,
+    workers: int | None = None,
+    cache_mb: int | None = None,
+    memory_orders: Sequence[int] | None = None,
     restore_orders: int | None = None,
+    partitions: int | None = None,
     seconds: float | None = None,
     engine: Engine = "kafka",
 ) -> BenchOptions:
@@ -48,15 +59,25 @@ def bench_options(
     base = BenchOptions.quick() if quick else BenchOptions()
     options = replace(
         base,
-        events=base.events if events is None else events,
-        orders=base.orders if orders is None else orders,
-        restore_orders=base.restore_orders if restore_orders is None else restore_orders,
-        latency_seconds=base.latency_seconds if seconds is None else seconds,
-        command_seconds=base.command_seconds if seconds is None else seconds,
+        events=_given(events, base.events),
+        orders=_given(orders, base.orders),
+        wide_events=_given(wide_events, base.wide_events),
+        wide_orders=_given(wide_orders, base.wide_orders),
+        workers=_given(workers, base.workers),
+        cache_mb=_given(cache_mb, base.cache_mb),
+        memory_orders=tuple(memory_orders) if memory_orders else base.memory_orders,
+        restore_orders=_given(restore_orders, base.restore_orders),
+        partitions=_given(partitions, base.partitions),
+        latency_seconds=_given(seconds, base.latency_seconds),
+        command_seconds=_given(seconds, base.command_seconds),
         engine=engine,
     )
     options.validate()
     return options
+
+
+def _given(value: _T | None, default: _T) -> _T:
+    return default if value is None else value
 
 
 def run_bench(options: BenchOptions, output: Path) -> int:
@@ -104,30 +125,33 @@ def _run(options: BenchOptions, output: Path) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     write_json(output, options, results, error)
     console = Console(width=None if sys.stdout.isatty() else 120)
-    print_table(results, console)
+    print_table(results, options, console)
     console.print(f"results: {output} ({time.monotonic() - started:.0f} s)")
     if error is not None:
         print(f"benchmark: {error}", file=sys.stderr)
         return 1
-    print(last_line(results), flush=True)
+    print(last_line(results, options), flush=True)
     return 0
 
 
 def _phases(bench: Bench) -> None:
-    log.info("bench phase=fold")
-    fold_topics = measure_fold(bench)
-    log.info("bench phase=quixstreams-fold")
-    measure_quix_fold(bench, fold_topics, int(bench.results.details["fold.events"]))
-    figures = bench.results.figures
-    figures["fold.vs_quixstreams"] = (
-        figures["fold.events_per_s"] / figures["quix.fold.events_per_s"]
-    )
+    options, figures = bench.options, bench.results.figures
+    for workload in options.workloads():
+        log.info("bench phase=fold-%s", workload.name)
+        one, topics = measure_fold(bench, workload, 1)
+        measure_fold(bench, workload, options.workers)
+        log.info("bench phase=quixstreams-fold-%s", workload.name)
+        quix = measure_quix_fold(bench, topics, workload)
+        figures[f"fold.{workload.name}.vs_quixstreams"] = one / quix
+    log.info("bench phase=memory")
+    measure_memory(bench)
     log.info("bench phase=restore")
     restore_topics = measure_restore(bench)
     log.info("bench phase=quixstreams-restore")
     measure_quix_restore(bench, restore_topics)
     log.info("bench phase=query-latency")
-    measure_query_latency(bench, figures["fold.events_per_s"])
+    narrow = options.workloads()[0]
+    measure_query_latency(bench, figures[f"{fold_key(narrow, options.workers)}.events_per_s"])
     log.info("bench phase=command-to-visible")
     measure_command_to_visible(bench)
     log.info("bench phase=groups")

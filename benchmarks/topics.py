@@ -87,52 +87,135 @@ def produce_to(
     Returns the count. Idempotent, so retries never reorder the versions of an order;
     batched, because the workload is produced before a measure starts.
     """
-    failures: list[KafkaError] = []
-
-    def on_delivery(error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            failures.append(error)
-
-    config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 20,
-        "batch.num.messages": 10_000,
-        "queue.buffering.max.messages": 500_000,
-        # The key's partition as the services' producers (and the Java client) choose it.
-        "partitioner": "murmur2_random",
-    }
-    producer = Producer(config)
-    started = time.monotonic()
-    count = 0
+    producer = _Producer(bootstrap_servers, topic, {})
     try:
-        for key, value, partition in records:
-            # librdkafka's "unassigned" partition: the partitioner picks by key.
-            target = -1 if partition is None else partition
-            while True:
-                try:
-                    producer.produce(topic, value, key, target, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)  # the local queue is full: let deliveries drain it
-            count += 1
-            if count % 10_000 == 0:
-                producer.poll(0)
-    except KafkaException as exc:
-        raise BenchError(f"cannot produce to {topic}: {exc}") from exc
+        return producer.send(records)
     finally:
-        left = producer.flush(_FLUSH_TIMEOUT)
-    if left or failures:
-        first = failures[0] if failures else "flush timed out"
-        raise BenchError(f"{left + len(failures)} records to {topic} not acknowledged: {first}")
-    log.info(
-        "workload produced topic=%s records=%d seconds=%.1f",
-        topic,
-        count,
-        time.monotonic() - started,
-    )
-    return count
+        producer.close()
+
+
+class HeldRecords:
+    """Records produced in a Kafka transaction left open until ``release``.
+
+    A ``read_committed`` consumer (librdkafka's default, and so the services') stops
+    before an open transaction: it sees the topic as empty, reads to its end, and its
+    partitions count as caught up. ``release`` commits, and every record shows at once.
+    A fold can so start on a backlog with its consumer group already settled: a second
+    fold worker joins seconds after the first, and the rebalance that follows is not the
+    fold. Use as a context manager: a transaction never released is aborted.
+    """
+
+    # Long enough to start a service and let its group settle; at most the broker's
+    # transaction.max.timeout.ms (Kafka's default: 15 minutes).
+    _TIMEOUT_MS = 600_000
+
+    def __init__(
+        self, bootstrap_servers: str, topic: str, records: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        extra = {
+            "transactional.id": f"{topic}-held-{uuid.uuid4().hex[:8]}",
+            "transaction.timeout.ms": self._TIMEOUT_MS,
+        }
+        self._producer = _Producer(bootstrap_servers, topic, extra)
+        self._open = False
+        try:
+            self._producer.transact("init_transactions")
+            self._producer.transact("begin_transaction")
+            self._open = True
+            self.count = self._producer.send((k, v, None) for k, v in records)
+        except BaseException:
+            self.close()
+            raise
+
+    def release(self) -> float:
+        """Commit: the records become visible. The wall-clock time the commit returned."""
+        self._producer.transact("commit_transaction")
+        self._open = False
+        return time.time()
+
+    def close(self) -> None:
+        try:
+            if self._open:
+                self._open = False
+                self._producer.transact("abort_transaction")
+        finally:
+            self._producer.close()
+
+    def __enter__(self) -> HeldRecords:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class _Producer:
+    """A fast idempotent producer to one topic that fails loudly (``BenchError``)."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, extra: dict[str, Any]) -> None:
+        self._topic = topic
+        self._failures: list[KafkaError] = []
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 500_000,
+            # The key's partition as the services' producers (and the Java client) choose it.
+            "partitioner": "murmur2_random",
+            **extra,
+        }
+        self._producer = Producer(config)
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self._failures.append(error)
+
+    def send(self, records: Iterable[tuple[bytes, bytes, int | None]]) -> int:
+        """Produce (key, value, partition or None) records and wait for every acknowledgement."""
+        topic, producer = self._topic, self._producer
+        started = time.monotonic()
+        count = 0
+        try:
+            for key, value, partition in records:
+                # librdkafka's "unassigned" partition: the partitioner picks by key.
+                target = -1 if partition is None else partition
+                while True:
+                    try:
+                        producer.produce(topic, value, key, target, on_delivery=self._on_delivery)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)  # the local queue is full: let deliveries drain it
+                count += 1
+                if count % 10_000 == 0:
+                    producer.poll(0)
+        except KafkaException as exc:
+            raise BenchError(f"cannot produce to {topic}: {exc}") from exc
+        finally:
+            left = producer.flush(_FLUSH_TIMEOUT)
+        if left or self._failures:
+            first = self._failures[0] if self._failures else "flush timed out"
+            raise BenchError(
+                f"{left + len(self._failures)} records to {topic} not acknowledged: {first}"
+            )
+        log.info(
+            "workload produced topic=%s records=%d seconds=%.1f",
+            topic,
+            count,
+            time.monotonic() - started,
+        )
+        return count
+
+    def transact(self, step: str) -> None:
+        """Run a transaction step (``init_transactions``, ``commit_transaction``, ...)."""
+        method = getattr(self._producer, step)
+        try:
+            method() if step == "begin_transaction" else method(_FLUSH_TIMEOUT)
+        except KafkaException as exc:
+            raise BenchError(f"{step} on {self._topic} failed: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.flush(0)
 
 
 def sentinel_records(partitions: int) -> list[tuple[bytes, bytes, int | None]]:
