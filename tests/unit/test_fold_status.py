@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from es_orders.codec import encode_state
@@ -87,6 +88,8 @@ def test_the_board_serves_each_partition_from_the_one_worker_that_holds_it(
     assert not board.snapshot.readiness.ready
     board.started(0, 1000)
     board.started(1, 1001)
+    board.update(msgspec.structs.replace(_status(0), joined=False))
+    assert board.snapshot.readiness.waiting_for == ("group join and partition assignment",)
     board.update(_status(0, (0, "caught-up", 7), (1, "restoring", 8)))
     assert not board.snapshot.readiness.ready  # worker 1 has not joined yet
     board.update(_status(1, (2, "caught-up", 9)))

@@ -215,7 +215,9 @@ class StatusBoard:
         live = {(n, r.generation) for n, r in readable.items()}
         self._readers = {k: r for k, r in self._readers.items() if k in live}
         entries = [self._entries.get(i) for i in range(self._expected)]
-        starting = [i for i, e in enumerate(entries) if e is None or e.status is None]
+        starting = [
+            i for i, e in enumerate(entries) if e is None or e.status is None or not e.status.joined
+        ]
         gone = [i for i, e in enumerate(entries) if e is not None and not e.alive]
         if gone:
             waiting.insert(0, f"fold workers {gone}: exited, being replaced")

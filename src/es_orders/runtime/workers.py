@@ -96,9 +96,6 @@ class FoldWorkers:
     def stop(self) -> None:
         self._stopping.set()
 
-    def pids(self) -> list[int]:
-        return [child.process.pid for child in self._children.values()]
-
     def run(self) -> None:
         try:
             for index in range(self._count):
