@@ -50,8 +50,8 @@ def start_query(
         ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
     )
 
-    def start(*args: str) -> Service:
-        service = Service("query", env, tmp_path, *args)
+    def start(*args: str, **extra_env: str) -> Service:
+        service = Service("query", {**env, **extra_env}, tmp_path, *args)
         started.append(service)
         return service
 
@@ -100,7 +100,8 @@ def test_a_read_never_sees_part_of_a_batch(
             events.append(PriceChanged(str(uuid.uuid4()), order_id, version, EPOCH, version))
     produce_to(kafka_config, topics["events"], list(encoded(iter(events))))
 
-    query = start_query("--workers", "2")
+    # Many small batches, so that reads land between checkpoints.
+    query = start_query("--workers", "2", ES_ORDERS_MAX_BATCH="1000")
     seen: Counter[int] = Counter()
     deadline = time.monotonic() + 120
     with httpx.Client(base_url=query.url, timeout=10) as client:

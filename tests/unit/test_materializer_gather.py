@@ -40,11 +40,13 @@ class _RebalancingConsumer:
     def __init__(self, assignment: Assignment) -> None:
         self._assignment = assignment
         self.calls = 0
+        self.asked: list[int] = []
 
     def consume(self, num_messages: int, timeout: float) -> list[Any]:
         self.calls += 1
+        self.asked.append(num_messages)
         if self.calls == 1:
-            return [_Record(0, 1), _Record(1, 1), _Record(1, 2)]
+            return [_Record(0, 1), _Record(1, 1), _Record(1, 2)][:num_messages]
         if self.calls == 2:
             self._assignment.on_lost(None, [TopicPartition("events", 1)])
             return [_Record(0, 2), _Record(1, 3)]
@@ -90,3 +92,33 @@ def test_what_a_batch_folded_of_a_partition_taken_away_is_dropped(tmp_path: Path
     assert list(batch.changed) == [0]
     assert list(assignment.partitions) == [0]
     assert told == [True], "the release is told at once"
+
+
+def test_a_batch_never_folds_more_than_max_batch_records(tmp_path: Path) -> None:
+    config = MaterializerConfig("events", "state", None, "group", tmp_path, {}, max_batch=3)
+    materializer = Materializer(config, publish=lambda _status: None)
+    assignment = Assignment(
+        config,
+        None,
+        materializer.cache,
+        materializer.counters,
+        changed=lambda _now: None,
+        cancelled=lambda: False,
+    )
+    assignment.partitions = {0: _Held(), 1: _Held()}  # type: ignore[dict-item]
+    materializer._assignment = assignment
+    sizes: list[int] = []
+
+    def fold(records: list[Any], batch: _Batch) -> None:
+        sizes.append(len(records))
+        batch.records += len(records)
+
+    materializer._preload = lambda _records: None  # type: ignore[method-assign,assignment]
+    materializer._tell = lambda _now: None  # type: ignore[method-assign,assignment]
+    materializer._fold = fold  # type: ignore[method-assign]
+    consumer: Any = _RebalancingConsumer(assignment)
+
+    materializer._batch(consumer, _Record(1, 0))
+
+    assert consumer.asked == [2]  # the first record and two more: three in all
+    assert sum(sizes) == 3

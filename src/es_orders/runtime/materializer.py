@@ -174,7 +174,8 @@ class Materializer:
         assert assignment is not None
         batch = _Batch()
         assignment.released = False
-        records = [first, *consumer.consume(_SLICE - 1, timeout=0)]
+        more = min(_SLICE, self.config.max_batch) - 1  # beyond ``first``
+        records = [first, *(consumer.consume(more, timeout=0) if more else [])]
         while True:
             if assignment.released:
                 # Partitions taken away by a rebalance callback (``consume`` serves them)
