@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 from es_orders.brokers import Broker, Choice, Engine, choose_engine, start_broker
 from es_orders.errors import BrokerError
+from tests.integration.runtime_support import create_topics
+from tests.integration.service_support import Service, service_env
 
 
 def session_engine() -> Engine:
@@ -90,3 +93,38 @@ def consumer_config(kafka_config: dict[str, Any], topic_prefix: str) -> dict[str
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
     }
+
+
+@pytest.fixture
+def topics(kafka_config: dict[str, Any], topic_prefix: str) -> dict[str, str]:
+    """The events, state and dead letter topics of this test (3 partitions each)."""
+    return create_topics(kafka_config, topic_prefix)
+
+
+@pytest.fixture
+def start_query(
+    broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
+) -> Iterator[Callable[..., Service]]:
+    """``start_query(*args, **env)`` starts ``es-orders query ARGS`` on this test's topics
+    with ``ES_ORDERS_*`` from ``env`` on top; each is SIGKILLed at the end of the test."""
+    started: list[Service] = []
+    assert topics["events"] == f"{topic_prefix}-events"  # the names service_env gives
+    env = service_env(
+        broker.bootstrap_servers,
+        topic_prefix,
+        tmp_path / "state",
+        # A killed member holds its partitions until its session times out: keep it short
+        # so restarts rejoin quickly (Tansu's join takes half of it).
+        ES_ORDERS_KAFKA__SESSION_TIMEOUT_MS="3000",
+        ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
+    )
+
+    def start(*args: str, **extra_env: str) -> Service:
+        service = Service("query", {**env, **extra_env}, tmp_path, *args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.kill9()

@@ -13,52 +13,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from confluent_kafka import Producer
 
-from es_orders.brokers import Broker
 from es_orders.domain import Event, OrderCreated, PriceChanged
 from es_orders.kafka.partitioner import partition_for
 from es_orders.workload import EPOCH, encoded, order_events
-from tests.integration.runtime_support import create_topics
-from tests.integration.service_support import Service, service_env
+from tests.integration.service_support import Service
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def topics(kafka_config: dict[str, Any], topic_prefix: str) -> dict[str, str]:
-    return create_topics(kafka_config, topic_prefix)
-
-
-@pytest.fixture
-def start_query(
-    broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
-) -> Iterator[Any]:
-    started: list[Service] = []
-    env = service_env(
-        broker.bootstrap_servers,
-        topic_prefix,
-        tmp_path / "state",
-        # A killed worker holds its partitions until its session times out: keep it short.
-        ES_ORDERS_KAFKA__SESSION_TIMEOUT_MS="3000",
-        ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
-    )
-
-    def start(*args: str, **extra_env: str) -> Service:
-        service = Service("query", {**env, **extra_env}, tmp_path, *args)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.kill9()
 
 
 def produce_to(

@@ -7,54 +7,18 @@ import random
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from es_orders.brokers import Broker
 from es_orders.workload import encoded, order_events
-from tests.integration.runtime_support import create_topics, expected_fold, produce, read_all
-from tests.integration.service_support import Service, service_env
+from tests.integration.runtime_support import expected_fold, produce, read_all
 from tests.integration.test_materializer import all_vectors
 from tests.vectors import VectorRecord, normalize_state
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def topics(kafka_config: dict[str, Any], topic_prefix: str) -> dict[str, str]:
-    return create_topics(kafka_config, topic_prefix)
-
-
-@pytest.fixture
-def start_query(
-    broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
-) -> Iterator[Any]:
-    """Start ``es-orders query`` processes; each is stopped at the end of the test."""
-    started: list[Service] = []
-    assert topics["events"] == f"{topic_prefix}-events"  # the names service_env gives
-    env = service_env(
-        broker.bootstrap_servers,
-        topic_prefix,
-        tmp_path / "state",
-        # A killed member holds its partitions until its session times out: keep it short
-        # so restarts rejoin quickly (Tansu's join takes half of it).
-        ES_ORDERS_KAFKA__SESSION_TIMEOUT_MS="3000",
-        ES_ORDERS_KAFKA__HEARTBEAT_INTERVAL_MS="500",
-    )
-
-    def start(workers: int = 1) -> Service:
-        service = Service("query", {**env, "ES_ORDERS_WORKERS": str(workers)}, tmp_path)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.kill9()
 
 
 def by_id(orders: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -146,7 +110,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     # Killed while folding, at random points of its progress: the fold is fast, so the
     # moment is chosen by watching the checkpointed positions, not by a timer.
     for _ in range(4):
-        query = start_query(workers)
+        query = start_query("--workers", str(workers))
         query.wait_for_log("partition ready to fold")
         done = sum(consumed_positions(state_dir).values())
         target = done + rng.uniform(0.05, 0.5) * (len(records) - done)
@@ -159,7 +123,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     # is quick, so a kill can come too late: try until one lands inside it.
     for _ in range(5):
         shutil.rmtree(state_dir)
-        query = start_query(workers)
+        query = start_query("--workers", str(workers))
         query.wait_for_log("partitions assigned")
         query.kill9()
         if "partition restored" not in query.log_text():
@@ -167,7 +131,7 @@ def test_kill_9_at_any_moment_loses_nothing_and_applies_nothing_twice(
     else:
         pytest.fail("no kill landed during the restore")
 
-    query = start_query(workers)
+    query = start_query("--workers", str(workers))
     query.wait_ready(timeout=120)
     assert by_id(query.all_orders()) == expected
     assert interrupted_midway >= 1, "no kill landed while the service was folding"

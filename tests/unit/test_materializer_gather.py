@@ -53,72 +53,59 @@ class _RebalancingConsumer:
         return []
 
 
-def test_what_a_batch_folded_of_a_partition_taken_away_is_dropped(tmp_path: Path) -> None:
-    config = MaterializerConfig("events", "state", None, "group", tmp_path, {})
-    told: list[bool] = []
-    materializer = Materializer(config, publish=lambda _status: None)
-    assignment = Assignment(
-        config,
-        None,
-        materializer.cache,
-        materializer.counters,
-        changed=told.append,
-        cancelled=lambda: False,
-    )
-    assignment.partitions = {0: _Held(), 1: _Held()}  # type: ignore[dict-item]
-    materializer._assignment = assignment
-    folded: list[tuple[int, int]] = []
-    checkpointed: list[_Batch] = []
+class _Folding:
+    """A materializer holding partitions 0 and 1, whose fold only records what it is given
+    (no stores, no broker), and whose checkpoints are kept in ``checkpointed``."""
 
-    def fold(records: list[Any], batch: _Batch) -> None:
+    def __init__(self, config: MaterializerConfig) -> None:
+        self.told: list[bool] = []
+        self.folded: list[tuple[int, int]] = []
+        self.checkpointed: list[_Batch] = []
+        self.materializer = materializer = Materializer(config, publish=lambda _status: None)
+        self.assignment = Assignment(
+            config,
+            None,
+            materializer.cache,
+            materializer.counters,
+            changed=self.told.append,
+            cancelled=lambda: False,
+        )
+        self.assignment.partitions = {0: _Held(), 1: _Held()}  # type: ignore[dict-item]
+        materializer._assignment = self.assignment
+        materializer._preload = lambda _records: None  # type: ignore[method-assign,assignment]
+        materializer._tell = lambda _now: None  # type: ignore[method-assign,assignment]
+        materializer._fold = self._fold  # type: ignore[method-assign]
+        materializer._checkpoint = self.checkpointed.append  # type: ignore[method-assign,assignment]
+
+    def _fold(self, records: list[Any], batch: _Batch) -> None:
         for record in records:
-            folded.append((record.partition(), record.offset()))
+            self.folded.append((record.partition(), record.offset()))
             batch.last[record.partition()] = record.offset()
             batch.changed.setdefault(record.partition(), {})
         batch.records += len(records)
 
-    materializer._preload = lambda _records: None  # type: ignore[method-assign,assignment]
-    materializer._tell = lambda _now: None  # type: ignore[method-assign,assignment]
-    materializer._fold = fold  # type: ignore[method-assign]
-    materializer._checkpoint = checkpointed.append  # type: ignore[method-assign,assignment]
-    consumer: Any = _RebalancingConsumer(assignment)
 
-    materializer._batch(consumer, _Record(1, 0))
+def test_what_a_batch_folded_of_a_partition_taken_away_is_dropped(tmp_path: Path) -> None:
+    folding = _Folding(MaterializerConfig("events", "state", None, "group", tmp_path, {}))
+    consumer: Any = _RebalancingConsumer(folding.assignment)
+
+    folding.materializer._batch(consumer, _Record(1, 0))
 
     # The first slice was folded before the rebalance; the second holds nothing of 1.
-    assert folded == [(1, 0), (0, 1), (1, 1), (1, 2), (0, 2)]
-    (batch,) = checkpointed
+    assert folding.folded == [(1, 0), (0, 1), (1, 1), (1, 2), (0, 2)]
+    (batch,) = folding.checkpointed
     assert batch.last == {0: 2}
     assert list(batch.changed) == [0]
-    assert list(assignment.partitions) == [0]
-    assert told == [True], "the release is told at once"
+    assert list(folding.assignment.partitions) == [0]
+    assert folding.told == [True], "the release is told at once"
 
 
 def test_a_batch_never_folds_more_than_max_batch_records(tmp_path: Path) -> None:
     config = MaterializerConfig("events", "state", None, "group", tmp_path, {}, max_batch=3)
-    materializer = Materializer(config, publish=lambda _status: None)
-    assignment = Assignment(
-        config,
-        None,
-        materializer.cache,
-        materializer.counters,
-        changed=lambda _now: None,
-        cancelled=lambda: False,
-    )
-    assignment.partitions = {0: _Held(), 1: _Held()}  # type: ignore[dict-item]
-    materializer._assignment = assignment
-    sizes: list[int] = []
+    folding = _Folding(config)
+    consumer: Any = _RebalancingConsumer(folding.assignment)
 
-    def fold(records: list[Any], batch: _Batch) -> None:
-        sizes.append(len(records))
-        batch.records += len(records)
-
-    materializer._preload = lambda _records: None  # type: ignore[method-assign,assignment]
-    materializer._tell = lambda _now: None  # type: ignore[method-assign,assignment]
-    materializer._fold = fold  # type: ignore[method-assign]
-    consumer: Any = _RebalancingConsumer(assignment)
-
-    materializer._batch(consumer, _Record(1, 0))
+    folding.materializer._batch(consumer, _Record(1, 0))
 
     assert consumer.asked == [2]  # the first record and two more: three in all
-    assert sum(sizes) == 3
+    assert len(folding.folded) == 3
