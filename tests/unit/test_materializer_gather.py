@@ -109,3 +109,27 @@ def test_a_batch_never_folds_more_than_max_batch_records(tmp_path: Path) -> None
 
     assert consumer.asked == [2]  # the first record and two more: three in all
     assert len(folding.folded) == 3
+
+
+class _RevokingAtTheEnd(_RebalancingConsumer):
+    """Has nothing more after the first slice, and takes partition 1 away while saying so."""
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            return [_Record(0, 1), _Record(1, 1)]
+        self._assignment.on_lost(None, [TopicPartition("events", 1)])
+        return []
+
+
+def test_a_partition_taken_away_by_the_batch_s_last_consume_is_not_checkpointed(
+    tmp_path: Path,
+) -> None:
+    folding = _Folding(MaterializerConfig("events", "state", None, "group", tmp_path, {}))
+    consumer: Any = _RevokingAtTheEnd(folding.assignment)
+
+    folding.materializer._batch(consumer, _Record(1, 0))
+
+    assert folding.folded == [(1, 0), (0, 1), (1, 1)]
+    (batch,) = folding.checkpointed
+    assert batch.last == {0: 1}, "partition 1's store is closed: it must not be checkpointed"

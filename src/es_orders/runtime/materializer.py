@@ -185,6 +185,8 @@ class Materializer:
                 held = assignment.partitions
                 records = [m for m in records if m.partition() in held or _keeps(m.error())]
                 assignment.released = False
+            if not records:
+                break
             self._preload(records)
             self._fold(records, batch)
             if batch.records >= self.config.max_batch:
@@ -192,8 +194,6 @@ class Materializer:
             records = consumer.consume(
                 min(_SLICE, self.config.max_batch - batch.records), timeout=0
             )
-            if not records:
-                break
         if batch.last:
             self._checkpoint(batch)
         assignment.reached_end(batch.at_end, time.monotonic())
