@@ -42,7 +42,7 @@ FOLD_GOALS = {"narrow": (200_000, 3.5), "wide": (100_000, 3.0)}
 # What a fold worker may hold besides its cache, whatever the number of orders: the
 # interpreter and its modules, librdkafka's fetch queue (16 MiB) and the states of a
 # batch until its checkpoint, SQLite's page cache. The bench's yardstick for the memory
-# rows: test_fold_workers.py measured 167 MiB at peak with an 8 MiB cache.
+# rows: test_fold_workers.py measured 134 MiB at peak with an 8 MiB cache.
 MEMORY_OVERHEAD_MIB = 160
 RESTORE_GOAL_S = 3.0
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import TopicPartition
 
+from es_orders.runtime import materializer as materializer_module
 from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer, _Batch
@@ -133,3 +135,27 @@ def test_a_partition_taken_away_by_the_batch_s_last_consume_is_not_checkpointed(
     assert folding.folded == [(1, 0), (0, 1), (1, 1)]
     (batch,) = folding.checkpointed
     assert batch.last == {0: 1}, "partition 1's store is closed: it must not be checkpointed"
+
+
+def test_a_batch_that_changed_many_orders_is_checkpointed_before_max_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(materializer_module, "_MAX_CHANGED", 3)
+    folding = _Folding(MaterializerConfig("events", "state", None, "group", tmp_path, {}))
+    changed: dict[str, Any] = {}
+
+    def fold(records: list[Any], batch: _Batch) -> None:
+        for record in records:  # every record a new order
+            changed[f"o{record.offset()}-{record.partition()}"] = None
+        batch.changed[0] = changed
+        batch.last[0] = records[-1].offset()
+        batch.records += len(records)
+
+    folding.materializer._fold = fold  # type: ignore[method-assign]
+    consumer: Any = _RebalancingConsumer(folding.assignment)
+
+    folding.materializer._batch(consumer, _Record(1, 0))
+
+    assert consumer.calls == 1, "the second slice waits for the next batch"
+    (batch,) = folding.checkpointed
+    assert batch.changed_states == 4

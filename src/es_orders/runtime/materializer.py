@@ -16,9 +16,11 @@ A materializer is one fold worker: one member of the consumer group. Its pieces:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +58,12 @@ def _keeps(error: KafkaError | None) -> bool:
 
 # Records consumed and folded at a time within a batch: all a worker holds of them.
 _SLICE = 5_000
+# A batch is checkpointed once it changed this many orders, however few records it
+# folded: until its checkpoint it holds each changed state, its JSON and the producer's
+# copy of it, which is what sets a worker's peak memory on a key space wider than its
+# batches (every event a new order). Batches over few orders still collapse up to
+# ``max_batch`` records into one row per order.
+_MAX_CHANGED = 20_000
 # Progress (restore, checkpoints) is told at most this often; changes to what the
 # worker holds are told at once.
 _STATUS_INTERVAL = 0.2
@@ -73,6 +81,10 @@ class _Batch:
         self.at_end: list[int] = []
         self.dead: list[tuple[Message, str]] = []
 
+    @property
+    def changed_states(self) -> int:
+        return sum(len(states) for states in self.changed.values())
+
     def keep_only(self, held: dict[int, Any]) -> None:
         """Forget what was folded of partitions that are not ``held`` any more."""
         self.changed = {n: c for n, c in self.changed.items() if n in held}
@@ -83,6 +95,15 @@ class _Batch:
 
 class StopFlag(Protocol):
     def is_set(self) -> bool: ...
+
+
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
+
+
+def _release_free_memory() -> None:
+    """Give the heap's free pages back to the kernel (glibc ``malloc_trim``)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _rss_bytes() -> tuple[int, int]:
@@ -189,7 +210,7 @@ class Materializer:
                 break
             self._preload(records)
             self._fold(records, batch)
-            if batch.records >= self.config.max_batch:
+            if batch.records >= self.config.max_batch or batch.changed_states >= _MAX_CHANGED:
                 break
             records = consumer.consume(
                 min(_SLICE, self.config.max_batch - batch.records), timeout=0
@@ -288,7 +309,8 @@ class Materializer:
         counters.dead_letters += len(batch.dead)
         counters.batches += 1
         counters.last_checkpoint_at = done.at
-        self.cache.shrink()
+        if self.cache.shrink():
+            _release_free_memory()
 
     def _fold(self, records: list[Message], batch: _Batch) -> None:
         """Fold a slice of records into their orders' states (and the cache). The loop is
