@@ -14,7 +14,6 @@ readiness, the counters. HTTP threads only ever read the current snapshot.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,6 @@ from es_orders.runtime.clients import Counters
 from es_orders.runtime.partition import Phase, store_path
 from es_orders.runtime.store import StoreReader
 from es_orders.runtime.views import Readiness
-
-log = logging.getLogger(__name__)
 
 
 class PartitionStatus(msgspec.Struct, frozen=True):
@@ -92,14 +89,15 @@ class Snapshot:
     counters: Counters = field(default_factory=Counters)
 
 
-_SUMMED = ("first_record_at", "last_checkpoint_at")
+# Instants, not counts: the earliest first record and the latest checkpoint of them all.
+_INSTANTS = ("first_record_at", "last_checkpoint_at")
 
 
 def _sum_counters(all_counters: list[Counters]) -> Counters:
     total = Counters()
     for counters in all_counters:
         for name in Counters.__struct_fields__:
-            if name not in _SUMMED:
+            if name not in _INSTANTS:
                 setattr(total, name, getattr(total, name) + getattr(counters, name))
     firsts = [c.first_record_at for c in all_counters if c.first_record_at]
     total.first_record_at = min(firsts, default=0.0)

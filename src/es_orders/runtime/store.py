@@ -176,12 +176,12 @@ class StoreReader:
     """Read-only access for HTTP threads: each thread keeps its own connection (opening
     one costs more than the read), and never shares it with another thread.
 
-    With ``generation``, a connection is kept only if the file it opened is that
-    generation: a store being deleted and created again by a worker raises
+    A connection is kept only if the file it opened is ``generation``: a store being
+    deleted and created again by a worker raises
     ``StoreGoneError`` instead of answering from an empty new file.
     """
 
-    def __init__(self, path: Path, generation: int | None = None) -> None:
+    def __init__(self, path: Path, generation: int) -> None:
         self.path = path
         self.generation = generation
         self._local = threading.local()
@@ -191,7 +191,7 @@ class StoreReader:
         if db is None:
             try:
                 db = _connect(self.path, readonly=True)
-                found = None if self.generation is None else _generation(db)
+                found = _generation(db)
             except sqlite3.Error as exc:
                 raise StoreGoneError(f"cannot open state store {self.path}: {exc}") from exc
             if found != self.generation:
