@@ -135,6 +135,13 @@ def query(
             "(default 64; env ES_ORDERS_CACHE_MB).",
         ),
     ] = None,
+    advertised_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the other query instances reach this one "
+            "(default http://HOST:PORT; env ES_ORDERS_ADVERTISED_URL).",
+        ),
+    ] = None,
 ) -> None:
     """Run the query service: fold es-orders into local stores, serve GET /orders."""
     from es_orders.query.service import run_query_service
@@ -145,6 +152,7 @@ def query(
         state_dir=state_dir,
         workers=workers,
         cache_mb=cache_mb,
+        advertised_url=advertised_url,
     )
     try:
         _exit(run_query_service(settings))

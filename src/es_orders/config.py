@@ -6,6 +6,7 @@ CLI flags win over the environment: the CLI builds the object with
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ class Settings(BaseSettings):
     command_port: int = Field(default=8886, ge=0, le=65535)
     simulator_rate: float = Field(default=1.0, ge=0.0, le=100_000.0)
     host: str = "127.0.0.1"
+    # Where the other query instances reach this one (GET /orders/{id} forwarded to the
+    # instance that holds the key); default http://HOST:PORT.
+    advertised_url: str | None = None
     api_token: str | None = None
     # A write with a larger body is refused with 413 payload-too-large, unread.
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1, le=2**31)
@@ -58,6 +62,13 @@ class Settings(BaseSettings):
     # Extra librdkafka properties: ES_ORDERS_KAFKA__SECURITY_PROTOCOL=SASL_SSL.
     kafka: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("advertised_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://10.0.0.5:8887")
+        return value
+
     @field_validator("kafka", mode="before")
     @classmethod
     def _librdkafka_names(cls, value: Any) -> Any:
@@ -69,6 +80,23 @@ class Settings(BaseSettings):
     def command_state_topic(self) -> str:
         """The command service's own changelog: its view of the orders."""
         return f"{self.events_topic}-command-state"
+
+    @property
+    def members_topic(self) -> str:
+        """The compacted topic where the query instances say which partitions they hold."""
+        return f"{self.application_id}-members"
+
+    def query_url(self) -> str:
+        """Where other instances reach this query instance: --advertised-url, or
+        http://HOST:PORT (the machine's name when HOST is a wildcard address)."""
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        host = self.host
+        if host in {"", "0.0.0.0", "::"}:
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.query_port}"
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka settings for a client: bootstrap servers, pass-through extras, overrides."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -10,7 +11,7 @@ import msgspec
 from es_orders.codec import encode_state
 from es_orders.domain import OrderState, OrderStatus
 from es_orders.runtime.clients import Counters
-from es_orders.runtime.views import Readiness
+from es_orders.runtime.views import HeldPartition, Readiness
 
 T0 = datetime(2026, 11, 28, 14, 0, tzinfo=UTC)
 
@@ -49,7 +50,20 @@ class InMemoryView:
     def get(self, order_id: str) -> bytes | None:
         return self.states.get(order_id)
 
-    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+    partitions = 1  # one partition, held here: every id is this instance's to answer
+
+    def holds(self, number: int) -> bool:
+        return number == 0
+
+    def readable(self) -> Collection[int]:
+        return (0,)
+
+    def held(self) -> tuple[HeldPartition, ...]:
+        return (HeldPartition(0, "caught-up"),)
+
+    def page(
+        self, after: str | None, limit: int, partitions: Collection[int] | None = None
+    ) -> list[tuple[str, bytes]]:
         self.page_calls.append((after, limit))
         start = 0 if after is None else bisect.bisect_right(self.ids, after)
         return [(i, self.states[i]) for i in self.ids[start : start + limit]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -381,7 +381,9 @@ class _NothingHeld(InMemoryView):
     def get(self, order_id: str) -> bytes | None:
         raise PartitionNotHeldError(2)
 
-    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+    def page(
+        self, after: str | None, limit: int, partitions: Collection[int] | None = None
+    ) -> list[tuple[str, bytes]]:
         raise PartitionNotHeldError(None)
 
 

@@ -142,6 +142,7 @@ PARTITION_UNAVAILABLE = ProblemKind("partition-unavailable", 503, "Partition una
 WRITE_NOT_ACKNOWLEDGED = ProblemKind("write-not-acknowledged", 503, "Write not acknowledged")
 COMMAND_TIMEOUT = ProblemKind("command-timeout", 503, "Command timed out")
 ORDER_IN_DOUBT = ProblemKind("order-in-doubt", 503, "Order in doubt")
+VERSION_NOT_VISIBLE = ProblemKind("version-not-visible", 503, "Version not visible yet")
 CATALOGUE = (
     UNAUTHORIZED,
     ORDER_NOT_FOUND,
@@ -155,6 +156,7 @@ CATALOGUE = (
     WRITE_NOT_ACKNOWLEDGED,
     COMMAND_TIMEOUT,
     ORDER_IN_DOUBT,
+    VERSION_NOT_VISIBLE,
 )
 
 
@@ -267,6 +269,20 @@ def partition_unavailable_problem(partition: int | None, retry_after: int = 1) -
         detail += "; retry shortly"
     return PARTITION_UNAVAILABLE(
         detail, extra={"partition": partition}, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def version_not_visible_problem(
+    order_id: str, min_version: int, current_version: int, retry_after: int = 1
+) -> ProblemError:
+    """The 503 of a read that asked for ``min_version`` (``?min_version=``) and waited
+    for it in vain: the version the instance has (0: it has no such order yet)."""
+    quoted = clip(order_id, MAX_ID_LENGTH)
+    return VERSION_NOT_VISIBLE(
+        f'order "{quoted}" is at version {current_version} here, not yet at {min_version}; '
+        "retry shortly",
+        extra={"order_id": quoted, "min_version": min_version, "current_version": current_version},
+        headers={"Retry-After": str(retry_after)},
     )
 
 

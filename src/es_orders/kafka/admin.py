@@ -82,6 +82,19 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def members_topic_spec(settings: Settings) -> TopicSpec:
+    """The query instances' members topic: one partition, so one order of claims; the
+    latest record per instance is all that counts, and a day bounds what a killed
+    instance leaves behind (its records age out of every reader within seconds)."""
+    config = {
+        "cleanup.policy": "compact,delete",
+        "retention.ms": str(24 * 3600 * 1000),
+        "segment.ms": str(3600 * 1000),
+        "min.compaction.lag.ms": "0",
+    }
+    return TopicSpec(settings.members_topic, 1, settings.replication_factor, config)
+
+
 def ensure_topics(
     admin_config: Mapping[str, Any], topics: Sequence[TopicSpec], timeout: float = 30.0
 ) -> list[str]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 
 from es_orders.config import Settings
-from es_orders.kafka.admin import ensure_topics, topic_specs
+from es_orders.kafka.admin import ensure_topics, members_topic_spec, topic_specs
 from es_orders.query.api import create_query_app
+from es_orders.query.members import Directory, Membership, new_instance_id
+from es_orders.query.reads import describe_self
+from es_orders.query.routing import Cluster
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.view import MaterializedView
@@ -36,17 +39,30 @@ def run_query_service(settings: Settings) -> int:
     This process serves HTTP and reads the stores; ``settings.workers`` child processes
     fold (``runtime.workers``), so a read never waits for a fold.
     """
-    ensure_topics(settings.kafka_config(), topic_specs(settings))
+    ensure_topics(settings.kafka_config(), [*topic_specs(settings), members_topic_spec(settings)])
     config = query_materializer_config(settings)
     board = StatusBoard(config.state_dir, config.group_id, config.source_topic, settings.workers)
     workers = FoldWorkers(config, board, settings.workers)
-    app = create_query_app(MaterializedView(board, settings.partitions))
-    url = f"http://{settings.host}:{settings.query_port}"
+    view = MaterializedView(board, settings.partitions)
+    instance, url = new_instance_id(), settings.query_url()
+    directory = Directory()
+    members = Membership(
+        settings.kafka_config(),
+        settings.members_topic,
+        instance,
+        url,
+        lambda: describe_self(view),
+        directory,
+    )
+    cluster = Cluster(instance, url, settings.partitions, directory)
+    app = create_query_app(view, cluster)
 
     def started() -> None:
         log.info(
-            "query service listening url=%s docs=%s/docs group=%s state_dir=%s workers=%d "
-            "cache_mb=%g",
+            "query service listening on %s:%d advertised_url=%s docs=%s/docs group=%s "
+            "state_dir=%s workers=%d cache_mb=%g",
+            settings.host,
+            settings.query_port,
             url,
             url,
             settings.application_id,
@@ -56,5 +72,9 @@ def run_query_service(settings: Settings) -> int:
         )
 
     return serve(
-        app, settings.host, settings.query_port, {"fold-workers": workers}, on_started=started
+        app,
+        settings.host,
+        settings.query_port,
+        {"fold-workers": workers, "members": members},
+        on_started=started,
     )

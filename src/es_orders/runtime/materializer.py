@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from es_orders.kafka.records import position_of
 from es_orders.projection import Stored, fold_record
@@ -35,6 +35,7 @@ from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.checkpoint import checkpoint
 from es_orders.runtime.clients import Counters, MaterializerConfig, open_clients
+from es_orders.runtime.partition import Phase
 from es_orders.runtime.replication import ReplicationError, Replicator
 from es_orders.runtime.status import PartitionStatus, WorkerStatus
 
@@ -217,8 +218,22 @@ class Materializer:
             )
         if batch.last:
             self._checkpoint(batch)
-        assignment.reached_end(batch.at_end, time.monotonic())
+        assignment.reached_end(self._at_end(assignment, batch.at_end), time.monotonic())
         self._tell(False)
+
+    def _at_end(self, assignment: Assignment, at_end: list[int]) -> list[int]:
+        """The partitions this batch read to their end: those the consumer signalled the
+        end of, and those folded up to the end its last fetch reported. librdkafka
+        signals an end only when a fetch comes back empty, which under steady writes
+        (a record more often than every fetch.wait.max.ms) never happens."""
+        ends = list(at_end)
+        for number, part in assignment.partitions.items():
+            if number in ends or part.consumed is None or part.phase is Phase.RESTORING:
+                continue
+            end = self._end_offset(number)
+            if end is not None and part.consumed >= end:
+                ends.append(number)
+        return ends
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -255,6 +270,7 @@ class Materializer:
                     restored_records=p.restored_records,
                     restore_seconds=p.restore_seconds,
                     consumed=p.consumed,
+                    end=self._end_offset(p.number),
                     read_to_end_at=p.read_to_end_at,
                 )
                 for p in sorted(held.values(), key=lambda p: p.number)
@@ -266,6 +282,18 @@ class Materializer:
             cache_bytes=self.cache.bytes,
             cache_limit_bytes=self.cache.limit_bytes,
         )
+
+    def _end_offset(self, number: int) -> int | None:
+        """The partition's end from the consumer's last fetch: no request to the broker."""
+        if self._consumer is None:
+            return None
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.config.source_topic, number), cached=True
+            )
+        except (KafkaException, RuntimeError):
+            return None  # not fetched yet, or the consumer is closed
+        return high if high >= 0 else None
 
     def _tell(self, now: bool) -> None:
         """Send the status: at once when ``now``, else at most every ``_STATUS_INTERVAL``."""

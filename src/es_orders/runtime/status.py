@@ -34,6 +34,9 @@ class PartitionStatus(msgspec.Struct, frozen=True):
     restored_records: int = 0
     restore_seconds: float | None = None  # None until its restore has finished
     consumed: int | None = None  # next offset to fold
+    # The partition's end as the consumer last heard it from the broker (the last stable
+    # offset, as the fold reads committed records only); None before its first fetch.
+    end: int | None = None
     # time.monotonic() of the last time the partition was read to its end (the clock is
     # system-wide on Linux, so a worker's reading means the same in the service).
     read_to_end_at: float | None = None
@@ -88,6 +91,10 @@ class Snapshot:
     )
     counters: Counters = field(default_factory=Counters)
 
+
+# What an instance whose workers hold no partition waits for. In a cluster of query
+# instances that may be all it ever holds, and it is ready if others hold every one.
+NONE_HELD = "partitions: none held (revoked, or lost with the group)"
 
 # Instants, not counts: the earliest first record and the latest checkpoint of them all.
 _INSTANTS = ("first_record_at", "last_checkpoint_at")
@@ -224,7 +231,7 @@ class StatusBoard:
         elif not held and not waiting:
             # Lost with the group (the broker is gone, or the session expired) or revoked:
             # an instance that holds nothing cannot answer for any order.
-            waiting.insert(0, "partitions: none held (revoked, or lost with the group)")
+            waiting.insert(0, NONE_HELD)
         states = {n: f"{p.phase} ({p.restored_records} restored)" for n, p in sorted(held.items())}
         counters = [e.status.counters for e in self._entries.values() if e.status is not None]
         self.snapshot = Snapshot(

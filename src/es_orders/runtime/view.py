@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Collection
 from itertools import islice
 
 from es_orders.kafka.partitioner import partition_for
 from es_orders.runtime.status import StatusBoard
-from es_orders.runtime.store import StoreGoneError
-from es_orders.runtime.views import PartitionNotHeldError, Readiness
+from es_orders.runtime.store import StoreGoneError, StoreReader
+from es_orders.runtime.views import HeldPartition, PartitionNotHeldError, Readiness
 
 
 class MaterializedView:
@@ -23,30 +24,66 @@ class MaterializedView:
         self._board = board
         self._partitions = partitions
 
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
     def get(self, order_id: str) -> bytes | None:
+        """The order's state from the partition murmur2 places its id in, as the producers
+        do. Instances of a cluster each answer for their partitions only, so a miss there
+        is "does not exist". An instance that serves every partition also looks in the
+        others, for ids a producer placed by another hash."""
         readable = self._board.snapshot.readable
-        for number, reader in readable.items():
-            try:
-                state = reader.get(order_id)
-            except StoreGoneError as exc:
-                # The worker that held it is replacing the file: it is not readable now.
-                raise PartitionNotHeldError(number) from exc
-            if state is not None:
-                return state
-        # "Does not exist" only from an instance that serves every partition: a producer
-        # may place keys by another hash than the Java client's, so a miss in the
-        # partition murmur2 names proves nothing while others are not served here.
-        if len(readable) < self._partitions:
-            likely = partition_for(order_id.encode(), self._partitions)
-            raise PartitionNotHeldError(None if likely in readable else likely)
+        number = partition_for(order_id.encode(), self._partitions)
+        reader = readable.get(number)
+        if reader is None:
+            raise PartitionNotHeldError(number)
+        state = self._read(number, reader, order_id)
+        if state is not None or len(readable) < self._partitions:
+            return state
+        for other, reader in readable.items():
+            if other != number:
+                state = self._read(other, reader, order_id)
+                if state is not None:
+                    return state
         return None
 
-    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+    @staticmethod
+    def _read(number: int, reader: StoreReader, order_id: str) -> bytes | None:
+        try:
+            return reader.get(order_id)
+        except StoreGoneError as exc:
+            # The worker that held it is replacing the file: it is not readable now.
+            raise PartitionNotHeldError(number) from exc
+
+    def holds(self, number: int) -> bool:
+        """Whether a worker of this instance holds the partition (readable or restoring)."""
+        return number in self._board.snapshot.held
+
+    def readable(self) -> Collection[int]:
+        return self._board.snapshot.readable.keys()
+
+    def held(self) -> tuple[HeldPartition, ...]:
+        return tuple(
+            HeldPartition(number, part.phase, part.consumed, part.end)
+            for number, part in sorted(self._board.snapshot.held.items())
+        )
+
+    def page(
+        self, after: str | None, limit: int, partitions: Collection[int] | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` rows after ``after`` of ``partitions`` (default: every readable
+        one); ``PartitionNotHeldError`` if one of them is not readable here."""
         readable = self._board.snapshot.readable
-        if not readable:
-            raise PartitionNotHeldError(None)
+        if partitions is None:
+            if not readable:
+                raise PartitionNotHeldError(None)
+            partitions = sorted(readable)
         pages = []
-        for number, reader in readable.items():
+        for number in partitions:
+            reader = readable.get(number)
+            if reader is None:
+                raise PartitionNotHeldError(number)
             try:
                 pages.append(reader.page(after, limit))
             except StoreGoneError as exc:

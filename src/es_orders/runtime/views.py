@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,6 +27,16 @@ class PartitionNotHeldError(EsOrdersError):
         self.partition = partition
 
 
+@dataclass(frozen=True, slots=True)
+class HeldPartition:
+    """A partition an instance holds, as other instances learn of it."""
+
+    number: int
+    phase: str  # restoring, catching-up or caught-up
+    consumed: int | None = None  # next offset of the events topic to fold
+    end: int | None = None  # the partition's end as last fetched
+
+
 class OrderView(Protocol):
     """Read access to the orders an instance holds; bodies are order-state JSON (codec)."""
 
@@ -37,11 +48,32 @@ class OrderView(Protocol):
         """
         ...
 
-    def page(self, after: str | None, limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` (id, state JSON) pairs with ids above ``after``, ordered by id.
+    def page(
+        self, after: str | None, limit: int, partitions: Collection[int] | None = None
+    ) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` (id, state JSON) pairs with ids above ``after``, ordered by id,
+        from ``partitions`` (default: every partition readable here).
 
-        Raises ``PartitionNotHeldError`` when this instance holds no partition.
+        Raises ``PartitionNotHeldError`` when this instance holds no partition, or one of
+        ``partitions`` is not readable here.
         """
+        ...
+
+    @property
+    def partitions(self) -> int:
+        """How many partitions the events topic has."""
+        ...
+
+    def holds(self, number: int) -> bool:
+        """Whether this instance holds the partition (readable, or restoring)."""
+        ...
+
+    def readable(self) -> Collection[int]:
+        """The partitions this instance can read now."""
+        ...
+
+    def held(self) -> tuple[HeldPartition, ...]:
+        """The partitions this instance holds, by number."""
         ...
 
     def readiness(self) -> Readiness: ...

@@ -1,0 +1,305 @@
+"""What the query API answers with, for any order of the cluster: read from this
+instance's stores when it holds the order's partition, else from the instance that does.
+
+Reads of one order are routed by the partition murmur2 gives its id (as the producers
+place it). A partition held here (restoring or not) is answered here; one held by another
+instance is forwarded there (``routing``); one held by nobody known is a 503 with
+``Retry-After``, never a 404, which would say that an existing order does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from urllib.parse import quote
+
+import httpx
+import msgspec
+from fastapi import Response
+
+from es_orders.codec import state_version
+from es_orders.http.openapi import JSON_MEDIA_TYPE
+from es_orders.http.problems import (
+    ProblemError,
+    order_not_found_problem,
+    partition_unavailable_problem,
+    version_not_visible_problem,
+)
+from es_orders.query.members import MemberPartition, MemberRecord
+from es_orders.query.models import ClusterModel, ClusterPartitionModel, MemberModel
+from es_orders.query.routing import (
+    FORWARDED_FROM,
+    RELAYED_HEADERS,
+    SERVED_BY,
+    Cluster,
+    OwnerUnreachableError,
+)
+from es_orders.runtime.status import NONE_HELD
+from es_orders.runtime.views import OrderView, PartitionNotHeldError, Readiness
+
+Rows = list[tuple[str, bytes]]
+# While waiting for a version (``min_version``): the first look again after 2 ms, then
+# twice as long each time up to 20 ms. A look is one SQLite read.
+_FIRST_PAUSE, _MAX_PAUSE = 0.002, 0.02
+
+
+class _Identified(msgspec.Struct):
+    id: str
+
+
+_id_decoder = msgspec.json.Decoder(_Identified)
+_page_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def etag_of(version: int) -> str:
+    return f'"{version}"'
+
+
+def matches_any(if_none_match: str, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag``, compared weakly as RFC 9110 asks for GET."""
+    candidates = (tag.strip() for tag in if_none_match.split(","))
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in candidates)
+
+
+def unavailable(partition: int | None, why: str | None = None) -> ProblemError:
+    problem = partition_unavailable_problem(partition)
+    if why is not None:
+        problem.detail = f"{problem.detail} ({why})"
+    return problem
+
+
+def _relayed(response: httpx.Response) -> Response:
+    """The owner's answer as this instance's: status, body and the headers that matter."""
+    headers = {k: response.headers[k] for k in RELAYED_HEADERS if k in response.headers}
+    return Response(content=response.content, status_code=response.status_code, headers=headers)
+
+
+def describe_self(view: OrderView) -> tuple[bool, tuple[str, ...], tuple[MemberPartition, ...]]:
+    """What this instance writes to the members topic: readiness and partitions held."""
+    partitions = tuple(MemberPartition(p.number, p.phase, p.consumed, p.end) for p in view.held())
+    readiness = view.readiness()
+    return readiness.ready, readiness.waiting_for, partitions
+
+
+class ClusterReads:
+    def __init__(self, view: OrderView, cluster: Cluster) -> None:
+        self._view = view
+        self._cluster = cluster
+        self.served_by = {SERVED_BY: cluster.url}
+
+    # -- one order -------------------------------------------------------------------
+
+    async def order(
+        self,
+        order_id: str,
+        *,
+        if_none_match: str | None,
+        min_version: int | None,
+        wait: float,
+        forwarded: bool,
+    ) -> Response:
+        """The order's state as its holder answers it; with ``min_version``, once the
+        state has reached it, looking again until ``wait`` seconds have passed. Every
+        answer, a problem too, names the instance that gave it in ``Served-By``."""
+        try:
+            return await self._order(order_id, if_none_match, min_version, wait, forwarded)
+        except ProblemError as problem:
+            problem.headers.setdefault(SERVED_BY, self._cluster.url)
+            raise
+
+    async def _order(
+        self,
+        order_id: str,
+        if_none_match: str | None,
+        min_version: int | None,
+        wait: float,
+        forwarded: bool,
+    ) -> Response:
+        cluster = self._cluster
+        number = cluster.partition_of(order_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (wait if min_version is not None else 0.0)
+        pause = _FIRST_PAUSE
+        while True:
+            problem: ProblemError
+            if self._view.holds(number):
+                try:
+                    state = self._view.get(order_id)
+                except PartitionNotHeldError as exc:
+                    problem = unavailable(exc.partition)
+                else:
+                    have = 0 if state is None else state_version(state)
+                    if min_version is None or have >= min_version:
+                        return self._answer(order_id, state, if_none_match)
+                    problem = version_not_visible_problem(order_id, min_version, have)
+            elif forwarded:
+                # Sent here by an instance that believed we hold it: never a second hop.
+                raise unavailable(number, "forwarded here, but not held here")
+            else:
+                owner = cluster.owner(number)
+                if owner is None:
+                    problem = unavailable(number, "no instance holds it now")
+                else:
+                    left = max(0.0, deadline - loop.time())
+                    params = [] if min_version is None else [("min_version", str(min_version))]
+                    params += [] if min_version is None else [("wait", f"{left:.3f}")]
+                    headers = {} if if_none_match is None else {"If-None-Match": if_none_match}
+                    path = f"/orders/{quote(order_id, safe='')}"
+                    try:
+                        response = await cluster.forward(
+                            owner.record.url, path, params, headers, wait=left
+                        )
+                    except OwnerUnreachableError as exc:
+                        problem = unavailable(number, str(exc))
+                    else:
+                        return _relayed(response)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise problem
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(pause * 2, _MAX_PAUSE)
+
+    def _answer(self, order_id: str, state: bytes | None, if_none_match: str | None) -> Response:
+        if state is None:
+            raise order_not_found_problem(order_id)
+        etag = etag_of(state_version(state))
+        headers = {"ETag": etag, **self.served_by}
+        if if_none_match is not None and matches_any(if_none_match, etag):
+            return Response(status_code=304, headers=headers)
+        return Response(content=state, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+    # -- pages -----------------------------------------------------------------------
+
+    def local_page(
+        self, after: str | None, limit: int, partitions: list[int] | None
+    ) -> tuple[Rows, bool]:
+        """A page of this instance's partitions (or of ``partitions``, each held here);
+        whether more rows follow."""
+        try:
+            rows = self._view.page(after, limit + 1, partitions)
+        except PartitionNotHeldError as exc:
+            raise unavailable(exc.partition) from exc
+        return rows[:limit], len(rows) > limit
+
+    async def cluster_page(self, after: str | None, limit: int) -> tuple[Rows, bool]:
+        """A page of every order: this instance's stores for its partitions, one request
+        to each other holder for theirs, merged by id. More rows follow when the merge
+        has more than ``limit``, or when a holder said its part has a next page."""
+        cluster, view = self._cluster, self._view
+        readable = set(view.readable())
+        local: list[int] = []
+        remote: dict[str, tuple[MemberRecord, list[int]]] = {}
+        for number in range(cluster.partitions):
+            if number in readable:
+                local.append(number)
+                continue
+            owner = None if view.holds(number) else cluster.owner(number)
+            if owner is None:
+                raise unavailable(number, "no instance can answer for it now")
+            remote.setdefault(owner.record.instance, (owner.record, []))[1].append(number)
+        calls = []
+        for record, numbers in remote.values():
+            params = [("scope", "local"), ("limit", str(limit))]
+            params.append(("partitions", ",".join(map(str, numbers))))
+            if after is not None:
+                params.append(("after", after))
+            calls.append(cluster.forward(record.url, "/orders", params))
+        pages: list[Rows] = []
+        if local:
+            # One row beyond the page: whether this instance's part has more.
+            try:
+                pages.append(view.page(after, limit + 1, local))
+            except PartitionNotHeldError as exc:
+                raise unavailable(exc.partition) from exc
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        more = False
+        for (record, numbers), answer in zip(remote.values(), answers, strict=True):
+            if isinstance(answer, OwnerUnreachableError):
+                raise unavailable(numbers[0], str(answer))
+            if isinstance(answer, BaseException):
+                raise answer
+            if answer.status_code != 200:
+                raise unavailable(numbers[0], f"{record.url} answered {answer.status_code}")
+            rows = _page_decoder.decode(answer.content)
+            pages.append([(_id_decoder.decode(raw).id, bytes(raw)) for raw in rows])
+            more = more or "next" in answer.links
+        merged: Rows = []
+        for row in heapq.merge(*pages):
+            if merged and merged[-1][0] == row[0]:
+                continue  # the same order from two holders while its partition moves
+            merged.append(row)
+            if len(merged) > limit:
+                break
+        return merged[:limit], more or len(merged) > limit
+
+    # -- the cluster -----------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """This instance's readiness; one whose workers hold no partition (more instances
+        than partitions) is ready while other instances hold every partition."""
+        local = self._view.readiness()
+        if local.ready or local.waiting_for != (NONE_HELD,):
+            return local
+        cluster = self._cluster
+        missing = [n for n in range(cluster.partitions) if cluster.owner(n) is None]
+        if missing:
+            return Readiness(False, (f"partitions {missing}: held by no instance",))
+        return Readiness(True, (), {})
+
+    def members(self) -> ClusterModel:
+        """Every live member, this one from its own board (fresher than its record)."""
+        cluster = self._cluster
+        current = self.readiness()
+        _, _, partitions = describe_self(self._view)
+        members = [
+            MemberModel(
+                instance=cluster.instance,
+                url=cluster.url,
+                self=True,
+                ready=current.ready,
+                waiting_for=list(current.waiting_for),
+                started_at=cluster.started_at,
+                seen_seconds_ago=0.0,
+                partitions=[_partition_model(p) for p in partitions],
+            )
+        ]
+        now = time.time()
+        for member in cluster.directory.live(now):
+            record = member.record
+            if record.instance == cluster.instance:
+                continue
+            members.append(
+                MemberModel(
+                    instance=record.instance,
+                    url=record.url,
+                    self=False,
+                    ready=record.ready,
+                    waiting_for=list(record.waiting_for),
+                    started_at=record.started_at,
+                    seen_seconds_ago=round(max(0.0, now - record.published_at), 3),
+                    partitions=[_partition_model(p) for p in record.partitions],
+                )
+            )
+        members.sort(key=lambda m: m.url)
+        held = {p.number for p in self._view.held()}
+        owners: dict[int, str | None] = {}
+        for number in range(cluster.partitions):
+            owner = cluster.owner(number)
+            owners[number] = (
+                cluster.url if number in held else owner.record.url if owner is not None else None
+            )
+        return ClusterModel(members=members, owners=owners)
+
+
+def _partition_model(part: MemberPartition) -> ClusterPartitionModel:
+    return ClusterPartitionModel(
+        partition=part.partition,
+        phase=part.phase,
+        consumed=part.consumed,
+        end=part.end,
+        lag=part.lag,
+    )
+
+
+__all__ = ["FORWARDED_FROM", "ClusterReads", "describe_self", "etag_of", "matches_any"]
