@@ -197,7 +197,19 @@ def up(
     ] = 9092,
     data_dir: DataDirOption = None,
     command_port: Annotated[int | None, typer.Option(help="Command service port (8886).")] = None,
-    query_port: Annotated[int | None, typer.Option(help="Query service port (8887).")] = None,
+    query_port: Annotated[
+        int | None,
+        typer.Option(help="Query service port (8887); more instances take the next ports."),
+    ] = None,
+    query_instances: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Query service instances, on consecutive ports; any of them answers for "
+            "every order.",
+        ),
+    ] = 1,
     rate: RateOption = None,
     simulate: SimulateOption = True,
     bootstrap_servers: Annotated[
@@ -233,6 +245,7 @@ def up(
         state_parent=state_dir,
         engine=_engine(engine),
         data_dir=data_dir,
+        query_instances=query_instances,
     )
     _exit(run_up(options))
 

@@ -53,11 +53,16 @@ class UpOptions:
     state_parent: Path | None = None  # with a temporary broker: where the per-run dir goes
     engine: Engine = "auto"
     data_dir: Path | None = None  # the started broker's data, kept across runs
+    query_instances: int = 1  # on consecutive ports from settings.query_port
+
+    def query_ports(self) -> list[int]:
+        return [self.settings.query_port + i for i in range(self.query_instances)]
 
 
 class _Service:
-    def __init__(self, name: str, process: subprocess.Popen[bytes], url: str) -> None:
+    def __init__(self, name: str, label: str, process: subprocess.Popen[bytes], url: str) -> None:
         self.name = name
+        self.label = label
         self.process = process
         self.url = url
         self.echo = threading.Thread(target=self._echo, name=f"{name} output", daemon=True)
@@ -65,11 +70,10 @@ class _Service:
 
     def _echo(self) -> None:
         """Copy the service's output to ours, each line under the service's name."""
-        label = self.name.split()[0]
         output = self.process.stdout
         assert output is not None
         for line in output:
-            sys.stdout.write(f"{label:<7} | {line.decode(errors='replace')}")
+            sys.stdout.write(f"{self.label:<7} | {line.decode(errors='replace')}")
             sys.stdout.flush()
 
 
@@ -77,11 +81,23 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in {"", "0.0.0.0", "::"} else host
 
 
+def _query_name(index: int, count: int) -> str:
+    return "query service" if count == 1 else f"query service {index + 1}"
+
+
 def _check_ports(options: UpOptions) -> None:
     settings = options.settings
-    wanted = {"command service": settings.command_port, "query service": settings.query_port}
-    if settings.command_port == settings.query_port:
-        raise SupervisorError(f"the command and query ports are both {settings.command_port}")
+    query_ports = options.query_ports()
+    wanted = {"command service": settings.command_port}
+    for i, port in enumerate(query_ports):
+        wanted[_query_name(i, len(query_ports))] = port
+    if settings.command_port in query_ports:
+        raise SupervisorError(
+            f"the command service's port {settings.command_port} is also a query service's "
+            f"(query ports: {query_ports[0]}-{query_ports[-1]})"
+        )
+    if query_ports[-1] > 65535:
+        raise SupervisorError(f"query ports from {query_ports[0]} run past 65535")
     for what, port in wanted.items():
         if not port_is_free(port, settings.host):
             raise SupervisorError(f"port {port} for the {what} is taken on {settings.host}")
@@ -94,12 +110,12 @@ class _Services:
         self.running: list[_Service] = []
         self.clean = True  # every service that was stopped exited with code 0
 
-    def start(self, name: str, subcommand: str, env: dict[str, str], url: str) -> None:
+    def start(self, name: str, label: str, subcommand: str, env: dict[str, str], url: str) -> None:
         # Its own session: our Ctrl-C is ours to pass on, in order.
         argv = [sys.executable, "-m", "es_orders", subcommand]
         process = spawn(argv, log_path=None, env=env, name=name)
         log.info("started %s pid=%s", name, process.pid)
-        self.running.append(_Service(name, process, url))
+        self.running.append(_Service(name, label, process, url))
 
     def first_exited(self) -> _Service | None:
         return next((s for s in self.running if s.process.poll() is not None), None)
@@ -203,8 +219,20 @@ def _start_everything(
         return broker, bootstrap
     env = _child_env(options, broker, bootstrap, state_dir)
     host = _client_host(settings.host)
-    services.start("command service", "command", env, f"http://{host}:{settings.command_port}")
-    services.start("query service", "query", env, f"http://{host}:{settings.query_port}")
+    services.start(
+        "command service", "command", "command", env, f"http://{host}:{settings.command_port}"
+    )
+    ports = options.query_ports()
+    for i, port in enumerate(ports):
+        name = _query_name(i, len(ports))
+        query_env = {**env, "ES_ORDERS_QUERY_PORT": str(port)}
+        if len(ports) > 1:
+            # Instances of one application, each with stores of its own: the partitions
+            # are split between them, and each answers for all (GET /cluster shows who
+            # holds what).
+            query_env["ES_ORDERS_STATE_DIR"] = str(state_dir / f"query-{i + 1}")
+        label = "query" if len(ports) == 1 else f"query-{i + 1}"
+        services.start(name, label, "query", query_env, f"http://{host}:{port}")
     log.info("state_dir=%s bootstrap_servers=%s", state_dir, bootstrap)
     return broker, bootstrap
 

@@ -13,16 +13,18 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from confluent_kafka import Producer
 
+from es_orders.brokers import Broker
 from es_orders.domain import Event, OrderCreated, PriceChanged
 from es_orders.kafka.partitioner import partition_for
 from es_orders.workload import EPOCH, encoded, order_events
-from tests.integration.service_support import Service
+from tests.integration.service_support import Service, service_env
 
 pytestmark = pytest.mark.integration
 
@@ -178,3 +180,41 @@ def test_a_worker_folding_far_more_orders_than_its_cache_holds_stays_within_it(
 # most). Measured on this workload: 134 MiB peak with the 8 MiB cache, 224 MiB with a
 # cache that holds every order.
 _WORKER_RSS_CAP = 170 * 2**20
+
+
+def test_partitions_under_steady_writes_are_caught_up_and_ready(
+    broker: Broker, topic_prefix: str, start_query: Any, tmp_path: Path
+) -> None:
+    # The simulator's steady writes (50 commands/s): librdkafka signals a partition's end
+    # only when a fetch comes back without news of it, which for an instance holding one
+    # partition under such writes never happens. Three instances that join while the
+    # writes go on must still see that they have folded all there is, and become ready.
+    env = service_env(
+        broker.bootstrap_servers, topic_prefix, tmp_path / "command", ES_ORDERS_SIMULATOR_RATE="50"
+    )
+    command = Service("command", env, tmp_path)
+    try:
+        command.wait_ready()
+        time.sleep(5)
+        instances = [
+            start_query(ES_ORDERS_STATE_DIR=str(tmp_path / f"instance-{n}")) for n in range(3)
+        ]
+        readiness: dict[int, list[int]] = {n: [] for n in range(3)}
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not all(
+            r[-20:] == [200] * 20 for r in readiness.values()
+        ):
+            for n, instance in enumerate(instances):
+                try:
+                    readiness[n].append(instance.get("/health/ready").status_code)
+                except httpx.TransportError:
+                    continue  # not listening yet
+            time.sleep(0.05)
+        simulated = command.get("/orders/1").json()["version"]
+        # Each ready (20 answers in a row) while the writes still go on, not 503 for as
+        # long as they do.
+        for n, seen in readiness.items():
+            assert seen[-20:] == [200] * 20, (n, len(seen), seen[-40:], instances[n].log_tail())
+        assert command.get("/orders/1").json()["version"] > simulated, "the writes went on"
+    finally:
+        command.stop()

@@ -219,3 +219,76 @@ def test_up_names_the_service_of_every_line_and_uses_the_kafka_it_is_given(
         assert any("partitions assigned" in line for line in lines if line.startswith("query"))
     finally:
         up.stop(timeout=60)
+
+
+def _free_ports_in_a_row(count: int) -> int:
+    """The first of ``count`` consecutive ports free on 127.0.0.1 now."""
+    for _ in range(50):
+        first = free_port()
+        if first + count <= 65535 and all(
+            _is_free(port) for port in range(first + 1, first + count)
+        ):
+            return first
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_up_runs_several_query_instances_that_each_answer_for_every_order(
+    tmp_path: Path, broker: Broker
+) -> None:
+    first = _free_ports_in_a_row(3)
+    up = Up(
+        tmp_path,
+        "--query-instances",
+        "3",
+        "--rate",
+        "5",
+        query_port=first,
+        env_extra={"ES_ORDERS_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
+    )
+    try:
+        up.wait_up(processes=4)  # the command service and three query instances
+        urls = [f"http://127.0.0.1:{first + i}" for i in range(3)]
+        text = up.log_tail(100_000)
+        for i, url in enumerate(urls):
+            assert f"query service {i + 1}" in text and url in text, text
+        # Every instance knows all three and who holds each partition.
+        deadline = time.monotonic() + 30
+        while True:
+            views = [httpx.get(f"{url}/cluster").json() for url in urls]
+            owners = [view["owners"] for view in views]
+            settled = all(
+                sorted(m["url"] for m in view["members"]) == urls for view in views
+            ) and all(o == owners[0] and None not in o.values() for o in owners)
+            # Once the group has settled, each of the three holds one of the partitions.
+            if settled and set(owners[0].values()) == set(urls):
+                break
+            assert time.monotonic() < deadline, views
+            time.sleep(0.2)
+        # The simulator's orders, from every instance, served by the one holding each.
+        for order_id in ("1", "2", "3"):
+            served = set()
+            for url in urls:
+                deadline = time.monotonic() + 30
+                response = httpx.get(f"{url}/orders/{order_id}")
+                while response.status_code != 200:
+                    assert time.monotonic() < deadline, response.text
+                    time.sleep(0.2)
+                    response = httpx.get(f"{url}/orders/{order_id}")
+                served.add(response.headers["served-by"])
+            assert len(served) == 1 and served <= set(urls), served
+        lines = up.log_tail(100_000).splitlines()
+        for i in range(3):
+            assert any(line.startswith(f"query-{i + 1} | ") for line in lines)
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(60) == 0, up.log_tail()
+    finally:
+        up.stop(timeout=60)

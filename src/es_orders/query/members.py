@@ -139,15 +139,6 @@ class Directory:
                 best, best_claim = member, claim
         return best
 
-    def claimed_latest_by(self, partition: int, instance: str, now: float | None = None) -> bool:
-        """Whether ``instance`` made the latest live claim on ``partition``."""
-        at = time.time() if now is None else now
-        mine = self.members.get(instance)
-        if mine is None or partition not in mine.claims:
-            return False
-        other = self.owner(partition, exclude=instance, now=at)
-        return other is None or other.claims[partition] < mine.claims[partition]
-
 
 # What an instance says of itself now: (ready, waiting_for, partitions).
 Describe = Callable[[], tuple[bool, tuple[str, ...], tuple[MemberPartition, ...]]]
