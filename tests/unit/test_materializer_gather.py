@@ -14,6 +14,7 @@ from es_orders.runtime import materializer as materializer_module
 from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer, _Batch
+from es_orders.runtime.partition import Phase
 
 
 class _Record:
@@ -31,6 +32,9 @@ class _Record:
 
 
 class _Held:
+    consumed: int | None = None  # no checkpoint yet: nothing says it is read to its end
+    phase = Phase.CATCHING_UP
+
     def close(self) -> None:
         pass
 
