@@ -14,7 +14,6 @@ import heapq
 import time
 from urllib.parse import quote
 
-import httpx
 import msgspec
 from fastapi import Response
 
@@ -30,9 +29,9 @@ from es_orders.query.members import MemberPartition, MemberRecord
 from es_orders.query.models import ClusterModel, ClusterPartitionModel, MemberModel
 from es_orders.query.routing import (
     FORWARDED_FROM,
-    RELAYED_HEADERS,
     SERVED_BY,
     Cluster,
+    Forwarded,
     OwnerUnreachableError,
 )
 from es_orders.runtime.status import NONE_HELD
@@ -69,10 +68,9 @@ def unavailable(partition: int | None, why: str | None = None) -> ProblemError:
     return problem
 
 
-def _relayed(response: httpx.Response) -> Response:
+def _relayed(answer: Forwarded) -> Response:
     """The owner's answer as this instance's: status, body and the headers that matter."""
-    headers = {k: response.headers[k] for k in RELAYED_HEADERS if k in response.headers}
-    return Response(content=response.content, status_code=response.status_code, headers=headers)
+    return Response(content=answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def describe_self(view: OrderView) -> tuple[bool, tuple[str, ...], tuple[MemberPartition, ...]]:
@@ -219,11 +217,11 @@ class ClusterReads:
                 raise unavailable(numbers[0], str(answer))
             if isinstance(answer, BaseException):
                 raise answer
-            if answer.status_code != 200:
-                raise unavailable(numbers[0], f"{record.url} answered {answer.status_code}")
-            rows = _page_decoder.decode(answer.content)
+            if answer.status != 200:
+                raise unavailable(numbers[0], f"{record.url} answered {answer.status}")
+            rows = _page_decoder.decode(answer.body)
             pages.append([(_id_decoder.decode(raw).id, bytes(raw)) for raw in rows])
-            more = more or "next" in answer.links
+            more = more or answer.has_next
         merged: Rows = []
         for row in heapq.merge(*pages):
             if merged and merged[-1][0] == row[0]:

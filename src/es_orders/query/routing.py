@@ -3,8 +3,12 @@
 A forwarded request carries ``Es-Orders-Forwarded-From``; an instance never forwards
 such a request again, so instances whose views of the members disagree for a moment
 answer 503 rather than bounce a request between them. Connections to the other
-instances are kept alive (one ``httpx.AsyncClient`` per instance), and every forward is
+instances are kept alive (one aiohttp session per instance), and every forward is
 bounded by a timeout: an owner that is gone or hangs is a 503 with ``Retry-After``.
+
+aiohttp, not httpx (which the project uses elsewhere): measured on one event loop
+forwarding 500 reads a second, httpx's connection pool spent ~3.6 ms of CPU per request
+checking every pooled connection, so forwarding queued without bound.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlencode
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from es_orders.kafka.partitioner import partition_for
 from es_orders.query.members import Directory, Member
@@ -25,13 +31,26 @@ SERVED_BY = "Served-By"
 # Beyond what the request itself may wait (``wait``): connecting and answering.
 FORWARD_TIMEOUT = 2.0
 # What a forwarded answer keeps of the owner's headers.
-RELAYED_HEADERS = ("content-type", "etag", "retry-after", "link", SERVED_BY.lower())
+RELAYED_HEADERS = ("Content-Type", "ETag", "Retry-After", "Link", SERVED_BY)
 
 
 class OwnerUnreachableError(Exception):
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"the instance holding it, {url}, did not answer: {reason}")
         self.url = url
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The owner's answer: status, the headers worth passing on, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def has_next(self) -> bool:
+        return 'rel="next"' in self.headers.get("Link", "")
 
 
 @dataclass
@@ -44,7 +63,7 @@ class Cluster:
     directory: Directory
     timeout: float = FORWARD_TIMEOUT
     started_at: float = field(default_factory=time.time)
-    _client: httpx.AsyncClient | None = field(default=None, init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
     def partition_of(self, order_id: str) -> int:
         return partition_for(order_id.encode(), self.partitions)
@@ -53,20 +72,22 @@ class Cluster:
         """Another live instance that holds ``partition``, or None."""
         return self.directory.owner(partition, exclude=self.instance)
 
-    def client(self) -> httpx.AsyncClient:
+    def session(self) -> aiohttp.ClientSession:
         # Made on first use, inside the server's event loop, and kept: connections to
         # the other instances stay open between requests.
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30),
                 headers={FORWARDED_FROM: self.url},
+                # The owner's bytes pass through as they are: no decompression.
+                auto_decompress=False,
             )
-        return self._client
+        return self._session
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def forward(
         self,
@@ -76,14 +97,19 @@ class Cluster:
         headers: dict[str, str] | None = None,
         *,
         wait: float = 0.0,
-    ) -> httpx.Response:
-        """GET ``path`` from the instance at ``url``; ``OwnerUnreachableError`` if it does
-        not answer in time (what the request itself may wait, plus ``timeout``)."""
-        query: list[tuple[str, str | int | float | bool | None]] = list(params)
+    ) -> Forwarded:
+        """GET ``path`` (already quoted) from the instance at ``url``;
+        ``OwnerUnreachableError`` if it does not answer in time (what the request itself
+        may wait, plus ``timeout``)."""
+        timeout = aiohttp.ClientTimeout(total=self.timeout + wait)
+        # Sent exactly as built: the id in the path is percent-encoded already, and
+        # letting the client requote it could turn "%2F" into a path separator.
+        target = URL(url + path + (f"?{urlencode(params)}" if params else ""), encoded=True)
         try:
-            return await self.client().get(
-                url + path, params=query, headers=headers, timeout=self.timeout + wait
-            )
-        except httpx.HTTPError as exc:
+            async with self.session().get(target, headers=headers, timeout=timeout) as response:
+                body = await response.read()
+                kept = {k: response.headers[k] for k in RELAYED_HEADERS if k in response.headers}
+                return Forwarded(response.status, kept, body)
+        except (TimeoutError, aiohttp.ClientError) as exc:
             log.debug("forward to %s failed: %r", url, exc)
             raise OwnerUnreachableError(url, type(exc).__name__) from exc
