@@ -11,6 +11,8 @@ phase on topics of its own, measures:
 - restore from the changelog with the state directory deleted, and a warm restart
   (``ours``);
 - GET latency at a fixed open-loop rate while the service folds (``interactive``);
+- GET latency through one of two query instances, idle: forwarded to the other, and
+  answered locally as the baseline (``interactive``);
 - command-to-visible latency through the command and query services (``interactive``);
 - the same restore with a quixstreams application (``quix`` runs ``quix_app``);
 - consumer group join and rebalances, classic protocol and KIP-848 (``groups``).

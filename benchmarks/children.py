@@ -109,15 +109,26 @@ def service_env(settings_env: dict[str, str]) -> dict[str, str]:
 
 
 class ServiceProcess(ChildProcess):
-    """``es-orders <command> --port P`` on a free loopback port, with an HTTP client."""
+    """``es-orders <command> --port P`` on a free loopback port, with an HTTP client.
+
+    ``name`` (default: the command) tells apart services of one command in logs and errors.
+    """
 
     def __init__(
-        self, command: str, env: dict[str, str], log_path: Path, extra_args: Sequence[str] = ()
+        self,
+        command: str,
+        env: dict[str, str],
+        log_path: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        port: int | None = None,
+        name: str | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.url = f"http://{LOOPBACK}:{self.port}"
         argv = [sys.executable, "-c", "from es_orders.cli import main; main()", command]
-        super().__init__(command, [*argv, "--port", str(self.port), *extra_args], env, log_path)
+        argv += ["--port", str(self.port), *extra_args]
+        super().__init__(name or command, argv, env, log_path)
         self.client = httpx.Client(base_url=self.url, timeout=10)
 
     def stats(self) -> dict[str, Any]:
@@ -175,14 +186,30 @@ class QueryProcess(ServiceProcess):
     checks the count against /stats, so a service that ignored them cannot pass for one
     that ran with them. Fold workers are processes of the service's own: when it has
     stopped, every worker /stats ever named must be gone too.
+
+    Its advertised URL (ES_ORDERS_ADVERTISED_URL, where the other instances of its
+    application forward reads, and what its answers name in ``Served-By``) is ``url``.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path, workers: int, cache_mb: int):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        workers: int,
+        cache_mb: int,
+        name: str = "query",
+    ) -> None:
         self.workers = workers
         self.cache_mb = cache_mb
         self._worker_pids: set[int] = set()
-        env = {**env, "ES_ORDERS_WORKERS": str(workers), "ES_ORDERS_CACHE_MB": str(cache_mb)}
-        super().__init__("query", env, log_path)
+        port = free_port()
+        env = {
+            **env,
+            "ES_ORDERS_WORKERS": str(workers),
+            "ES_ORDERS_CACHE_MB": str(cache_mb),
+            "ES_ORDERS_ADVERTISED_URL": f"http://{LOOPBACK}:{port}",
+        }
+        super().__init__("query", env, log_path, port=port, name=name)
 
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
@@ -197,13 +224,13 @@ class QueryProcess(ServiceProcess):
         workers = workers_of(stats)
         if len(workers) != self.workers:
             raise BenchError(
-                f"query (pid {self.pid}) reports {len(workers)} fold workers, not the "
+                f"{self.name} (pid {self.pid}) reports {len(workers)} fold workers, not the "
                 f"{self.workers} of ES_ORDERS_WORKERS: {workers}"
             )
         failed = [w for w in workers if not w.alive or w.restarts]
         if failed:
             raise BenchError(
-                f"query (pid {self.pid}): fold workers exited or were replaced, so what "
+                f"{self.name} (pid {self.pid}): fold workers exited or were replaced, so what "
                 f"they report is not of one run: {failed}; see {self.log_path}"
             )
         return workers
@@ -218,7 +245,7 @@ class QueryProcess(ServiceProcess):
             left = self._running_workers()
         if left:
             raise BenchError(
-                f"query (pid {self.pid}) exited with {code}, but its fold workers "
+                f"{self.name} (pid {self.pid}) exited with {code}, but its fold workers "
                 f"{sorted(left)} still run {_WORKERS_GONE_WITHIN:g} s later"
             )
         return code

@@ -55,6 +55,9 @@ class BenchOptions:
     latency_seconds: float = 5.0
     by_id_rate: float = 500.0
     list_rate: float = 100.0
+    # GET /orders/{id} to one of two query instances, forwarded to the other (and, the
+    # baseline, answered by the first itself); each window lasts ``latency_seconds``.
+    forwarded_rate: float = 500.0
     command_seconds: float = 5.0
     command_rate: float = 50.0
     # The latency phase preloads enough events to keep the service folding throughout
@@ -171,7 +174,35 @@ class Bench:
         """``es-orders query`` with ``workers`` fold workers (default: ``options.workers``)."""
         workers = self.options.workers if workers is None else workers
         env = self.env(topics, application_id, state_dir)
-        return QueryProcess(env, self.work_dir / f"{name}.log", workers, self.options.cache_mb)
+        log_path = self.work_dir / f"{name}.log"
+        return QueryProcess(env, log_path, workers, self.options.cache_mb, name)
+
+    def query_instances(
+        self,
+        topics: TopicSet,
+        application_id: str,
+        name: str,
+        count: int,
+        workers: int | None = None,
+    ) -> list[QueryProcess]:
+        """``count`` instances of one query application: one consumer group and members
+        topic, each with its own port, state directory (``<name>-<i>-state``) and log.
+
+        They start together; a failure to start one stops those already started.
+        """
+        instances: list[QueryProcess] = []
+        try:
+            for index in range(count):
+                label = f"{name}-{index}"
+                state_dir = self.work_dir / f"{label}-state"
+                instances.append(
+                    self.query_service(topics, application_id, state_dir, label, workers)
+                )
+        except BaseException:
+            for instance in reversed(instances):
+                instance.stop()
+            raise
+        return instances
 
     def wait_seconds(self, records: int) -> float:
         """A generous bound for folding ``records``: no honest run comes near it."""

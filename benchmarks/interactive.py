@@ -1,4 +1,5 @@
-"""Latency as a client sees it: GETs while the service folds, and command-to-visible."""
+"""Latency as a client sees it: GETs while the service folds, GETs one query instance
+forwards to another, and command-to-visible."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import httpx
@@ -24,7 +25,8 @@ from benchmarks.load import (
     open_loop,
 )
 from benchmarks.stats import settled
-from benchmarks.topics import HeldRecords
+from benchmarks.topics import HeldRecords, produce
+from es_orders.kafka.partitioner import partition_for
 from es_orders.workload import encoded, order_events
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ _POLL_MIN, _POLL_MAX = 0.002, 0.02
 _VISIBLE_GIVE_UP = 10.0
 # A GET may first wait for a free connection, then for its answer.
 _GIVE_UP = 2 * REQUEST_TIMEOUT
+# The forwarded phase's orders each get this many events (created, then changed).
+_FORWARDED_EVENTS_PER_ORDER = 3
+# Forwarded GETs sent one at a time before its windows: the first makes the instance's
+# client session and connection to the other, so no window pays for it. One at a time,
+# so the instance keeps one connection to the other, not a pool's worth: how many it
+# needs is the measured load's to decide.
+_FORWARD_WARM_UP = 20
+# How long an instance may take to serve what a window it could not keep up with left.
+_DRAIN_WITHIN = 120.0
 
 
 def measure_query_latency(bench: Bench, fold_rate: float) -> None:
@@ -159,6 +170,177 @@ def _record(bench: Bench, prefix: str, result: LoadResult) -> None:
     )
     if result.errors:
         bench.results.note(f"{prefix}: {result.errors} errors, e.g. {result.error_samples[0]}")
+
+
+def measure_forwarded_latency(bench: Bench) -> None:
+    """GET /orders/{id} at ``forwarded_rate`` to instance A of two, idle: for orders the
+    other instance B holds (A forwards every one to B), and, the baseline, for orders A
+    holds itself.
+
+    A and B are instances of one query application (one consumer group, one fold worker
+    each, each its own state directory and port). Every event is folded before the
+    windows start, so they measure the forwarding hop next to nothing else; the events
+    folded during them are in the details (0 when idle, as it should be). Every answer
+    must name the instance meant to serve it in ``Served-By`` (B for a forwarded GET, A
+    for a local one); any other answer counts as an error, and as misrouted.
+    """
+    options = bench.options
+    topics = bench.topics("forwarded")
+    events = _FORWARDED_EVENTS_PER_ORDER * options.orders
+    produce(
+        bench.bootstrap_servers, topics.events, encoded(order_events(options.orders, events, 29))
+    )
+    application_id = f"bench-{bench.run_id}-forwarded"
+    a, b = bench.query_instances(topics, application_id, "query-forwarded", 2, workers=1)
+    with stopping(a, b):
+        owners = _wait_for_cluster(bench, a, b, events)
+        a.wait_for(
+            "every order visible through it",
+            lambda: _orders_visible(a) >= options.orders,
+            bench.wait_seconds(events),
+            every=0.2,
+        )
+        ids: dict[str, list[str]] = {a.url: [], b.url: []}
+        for n in range(options.orders):
+            order_id = f"o{n:07d}"
+            ids[owners[partition_for(order_id.encode(), topics.partitions)]].append(order_id)
+        if not ids[a.url] or not ids[b.url]:
+            raise BenchError(f"{options.orders} orders are not spread over both instances")
+        before = [a.stats()["consumed"], b.stats()["consumed"]]
+        local, forwarded = _forwarded_windows(bench, a, ids[a.url], ids[b.url], b.url)
+        _record(bench, "latency.local", local)
+        _record(bench, "latency.forwarded", forwarded)
+        # An instance that could not keep up still serves what the load left it (each
+        # request given up on is still forwarded): its answers wait until it is done.
+        after: list[int] = []
+        for service in (a, b):
+            stats = service.wait_stats("its backlog served", lambda _s: True, _DRAIN_WITHIN)
+            service.worker_stats(stats)  # one fold worker each, never replaced
+            after.append(stats["consumed"])
+        if _cluster_view(a, topics.partitions, {a.url, b.url}) != owners:
+            bench.results.note(
+                "latency.forwarded: the partitions moved between the instances during the "
+                "windows, or A no longer sees both ready and caught up; the figures are not "
+                "of one layout"
+            )
+    figures, details = bench.results.figures, bench.results.details
+    for q in ("p50", "p99"):
+        baseline = figures[f"latency.local.{q}_ms"]
+        if baseline > 0:
+            figures[f"latency.forwarded.{q}_vs_local"] = (
+                figures[f"latency.forwarded.{q}_ms"] / baseline
+            )
+    folded = sum(after) - sum(before)
+    details["latency.forwarded.folded_during_windows"] = folded
+    details["latency.forwarded.orders"] = options.orders
+    details["latency.forwarded.partitions_of_other"] = sum(
+        1 for url in owners.values() if url == b.url
+    )
+    if folded:
+        bench.results.note(
+            f"latency.forwarded: {folded} events were folded during the windows, which are "
+            "labelled idle"
+        )
+
+
+def _wait_for_cluster(
+    bench: Bench, a: QueryProcess, b: QueryProcess, events: int
+) -> dict[int, str]:
+    """Wait until both instances are ready and their /cluster views agree: every
+    partition owned by one of them, both owning some, every partition caught up.
+    The owners (partition -> URL)."""
+    partitions, urls = bench.options.partitions, {a.url, b.url}
+    agreed: dict[int, str] = {}
+
+    def check() -> bool:
+        nonlocal agreed
+        b.check_alive()
+        views = [_cluster_view(service, partitions, urls) for service in (a, b)]
+        if views[0] is None or views[0] != views[1]:
+            return False
+        agreed = views[0]
+        return True
+
+    timeout = bench.wait_seconds(events)
+    for service in (a, b):
+        service.wait_ready(timeout)
+    a.wait_for("both instances agreeing on who owns each partition", check, timeout, every=0.2)
+    return agreed
+
+
+def _cluster_view(
+    service: ServiceProcess, partitions: int, urls: set[str]
+) -> dict[int, str] | None:
+    """The owners ``service``'s GET /cluster names when they are exactly ``urls``, each
+    owning some partition, all ready and caught up; None while they are not (yet)."""
+    try:
+        response = service.client.get("/cluster")
+    except httpx.TransportError:
+        return None
+    if response.status_code != 200:
+        return None
+    body = response.json()
+    members = body["members"]
+    if {m["url"] for m in members} != urls or not all(m["ready"] for m in members):
+        return None
+    phases = [p["phase"] for m in members for p in m["partitions"]]
+    if len(phases) != partitions or any(phase != "caught-up" for phase in phases):
+        return None
+    owners = {int(number): url for number, url in body["owners"].items()}
+    if sorted(owners) != list(range(partitions)) or set(owners.values()) != urls:
+        return None
+    return owners
+
+
+def _forwarded_windows(
+    bench: Bench, a: ServiceProcess, local_ids: list[str], remote_ids: list[str], b_url: str
+) -> tuple[LoadResult, LoadResult]:
+    """GETs to ``a`` for orders it holds, then for orders ``b_url`` holds; both results.
+
+    The local window comes first and the two never take turns: a forwarded window the
+    instance cannot keep up with leaves it a backlog (requests the client gave up on are
+    still forwarded), which would be in whatever window followed it.
+    """
+    options = bench.options
+    rate, seconds = options.forwarded_rate, options.latency_seconds
+    rng = random.Random(23)
+    count = round(rate * seconds) + 1
+    local = [f"/orders/{rng.choice(local_ids)}" for _ in range(count)]
+    remote = [f"/orders/{rng.choice(remote_ids)}" for _ in range(count)]
+
+    misrouted = {a.url: 0, b_url: 0}
+
+    async def measure() -> tuple[LoadResult, LoadResult]:
+        pool = ConnectionPool(a.port)
+
+        def getter(paths: list[str], served_by: str) -> Callable[[int, float], Awaitable[None]]:
+            async def get(i: int, _due: float) -> None:
+                response = await pool.request("GET", paths[i])
+                if response.status != 200:
+                    raise RequestFailedError(f"GET {paths[i]}: {response.status}")
+                server = response.headers.get("served-by")
+                if server != served_by:
+                    misrouted[served_by] += 1
+                    raise RequestFailedError(f"GET {paths[i]}: Served-By {server}, not {served_by}")
+
+            return get
+
+        try:
+            await pool.warm_up(local[0])
+            for path in remote[:_FORWARD_WARM_UP]:
+                await pool.request("GET", path)
+            give_up = _GIVE_UP
+            local_result = await open_loop(rate, seconds, getter(local, a.url), give_up=give_up)
+            remote_result = await open_loop(rate, seconds, getter(remote, b_url), give_up=give_up)
+            return local_result, remote_result
+        finally:
+            pool.close()
+
+    local_result, remote_result = asyncio.run(measure())
+    details = bench.results.details
+    details["latency.local.misrouted"] = misrouted[a.url]
+    details["latency.forwarded.misrouted"] = misrouted[b_url]
+    return local_result, remote_result
 
 
 def measure_command_to_visible(bench: Bench) -> None:

@@ -23,7 +23,11 @@ from rich.console import Console
 
 from benchmarks.context import Bench, BenchOptions, Results, fold_key
 from benchmarks.groups import measure_groups
-from benchmarks.interactive import measure_command_to_visible, measure_query_latency
+from benchmarks.interactive import (
+    measure_command_to_visible,
+    measure_forwarded_latency,
+    measure_query_latency,
+)
 from benchmarks.memory import measure_memory
 from benchmarks.ours import measure_fold, measure_restore
 from benchmarks.quix import measure_quix_fold, measure_quix_restore
@@ -152,6 +156,8 @@ def _phases(bench: Bench) -> None:
     log.info("bench phase=query-latency")
     narrow = options.workloads()[0]
     measure_query_latency(bench, figures[f"{fold_key(narrow, options.workers)}.events_per_s"])
+    log.info("bench phase=forwarded-latency")
+    measure_forwarded_latency(bench)
     log.info("bench phase=command-to-visible")
     measure_command_to_visible(bench)
     log.info("bench phase=groups")
