@@ -97,11 +97,31 @@ class ServiceProcess:
         return self.process.returncode
 
 
+# Ports already given to a service by this test process.
+_given_ports: set[int] = set()
+
+
+def fresh_port() -> int:
+    """A port free now that no service of this test process was given before.
+
+    ``free_port()`` alone is free when asked, and the process started on it binds it only
+    later: two services started back to back were once given the same port (the second
+    exited with EADDRINUSE), and a restarted instance could get the port, and so the URL,
+    of the one it replaces.
+    """
+    for _ in range(100):
+        port = free_port()
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
+    raise AssertionError("no port free that was not given before")
+
+
 class Service(ServiceProcess):
     """A command or query service on a free port."""
 
     def __init__(self, subcommand: str, env: dict[str, str], log_dir: Path, *args: str) -> None:
-        self.port = free_port()
+        self.port = fresh_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [subcommand, "--port", str(self.port), *args],
