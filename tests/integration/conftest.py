@@ -128,3 +128,24 @@ def start_query(
     for service in started:
         if service.process.poll() is None:
             service.kill9()
+
+
+@pytest.fixture
+def start_command(
+    broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
+) -> Iterator[Callable[..., Service]]:
+    """``start_command(*args)``: the command service on this test's events topic (its own
+    state directory); each is SIGKILLed at the end of the test if still running."""
+    started: list[Service] = []
+    assert topics["events"] == f"{topic_prefix}-events"
+    env = service_env(broker.bootstrap_servers, topic_prefix, tmp_path / "command-state")
+
+    def start(*args: str) -> Service:
+        service = Service("command", env, tmp_path, *args)
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.kill9()

@@ -20,11 +20,10 @@ import httpx
 import pytest
 from confluent_kafka import Producer
 
-from es_orders.brokers import Broker
 from es_orders.domain import Event, OrderCreated, PriceChanged
 from es_orders.kafka.partitioner import partition_for
 from es_orders.workload import EPOCH, encoded, order_events
-from tests.integration.service_support import Service, service_env
+from tests.integration.service_support import Service
 
 pytestmark = pytest.mark.integration
 
@@ -183,16 +182,13 @@ _WORKER_RSS_CAP = 170 * 2**20
 
 
 def test_partitions_under_steady_writes_are_caught_up_and_ready(
-    broker: Broker, topic_prefix: str, start_query: Any, tmp_path: Path
+    start_command: Any, start_query: Any, tmp_path: Path
 ) -> None:
     # The simulator's steady writes (50 commands/s): librdkafka signals a partition's end
     # only when a fetch comes back without news of it, which for an instance holding one
     # partition under such writes never happens. Three instances that join while the
     # writes go on must still see that they have folded all there is, and become ready.
-    env = service_env(
-        broker.bootstrap_servers, topic_prefix, tmp_path / "command", ES_ORDERS_SIMULATOR_RATE="50"
-    )
-    command = Service("command", env, tmp_path)
+    command = start_command("--rate", "50")
     try:
         command.wait_ready()
         time.sleep(5)
@@ -200,7 +196,7 @@ def test_partitions_under_steady_writes_are_caught_up_and_ready(
             start_query(ES_ORDERS_STATE_DIR=str(tmp_path / f"instance-{n}")) for n in range(3)
         ]
         readiness: dict[int, list[int]] = {n: [] for n in range(3)}
-        deadline = time.monotonic() + 40
+        deadline = time.monotonic() + 60  # three joins and rebalances on two busy cores
         while time.monotonic() < deadline and not all(
             r[-20:] == [200] * 20 for r in readiness.values()
         ):

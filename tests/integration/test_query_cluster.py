@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +32,11 @@ from typing import Any
 import httpx
 import pytest
 
-from es_orders.brokers import Broker
 from es_orders.codec import LegacyUpdate, decode_record, state_to_dict
 from es_orders.domain import Event, fold
 from es_orders.kafka.partitioner import partition_for
 from tests.integration.runtime_support import read_all
-from tests.integration.service_support import Service, service_env
+from tests.integration.service_support import Service
 from tests.vectors import normalize_state
 
 pytestmark = pytest.mark.integration
@@ -99,27 +98,6 @@ def read_log(kafka_config: dict[str, Any], topic: str) -> Log:
 
 
 # -- the services -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def start_command(
-    broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
-) -> Iterator[Callable[..., Service]]:
-    """``start_command(*args)``: the command service on this test's events topic (its own
-    state directory); each is SIGKILLed at the end of the test if still running."""
-    started: list[Service] = []
-    assert topics["events"] == f"{topic_prefix}-events"
-    env = service_env(broker.bootstrap_servers, topic_prefix, tmp_path / "command-state")
-
-    def start(*args: str) -> Service:
-        service = Service("command", env, tmp_path, *args)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.kill9()
 
 
 def start_instance(start_query: StartQuery, tmp_path: Path, slot: int) -> Service:
@@ -213,6 +191,27 @@ def wait_formed(services: list[Service], timeout: float = FORM_S) -> dict[int, s
                 f"not formed in {timeout} s: {problems} {seen}\n{logs_of(services)}"
             )
         time.sleep(0.2)
+
+
+def formed_over_orders(
+    start_command: Callable[..., Service],
+    start_query: StartQuery,
+    tmp_path: Path,
+    kafka_config: dict[str, Any],
+    events_topic: str,
+    ids: list[str],
+) -> tuple[list[Service], Log, dict[int, str]]:
+    """Three instances over ``ids``, created through a command service that is stopped
+    again: the instances, the log, and the owners once every instance has caught up."""
+    command = start_command("--no-simulate")
+    queries = start_instances(start_query, tmp_path)
+    command.wait_ready()
+    create_orders(command, ids)
+    assert command.stop() == 0, command.log_tail()
+    log = read_log(kafka_config, events_topic)
+    owners = wait_formed(queries)
+    wait_caught_up(queries, log.ends)
+    return queries, log, owners
 
 
 def wait_caught_up(services: list[Service], ends: dict[int, int], timeout: float = 30) -> None:
@@ -465,15 +464,10 @@ def test_a_killed_instance_s_orders_come_back_on_the_survivors(
     start_command: Callable[..., Service],
     tmp_path: Path,
 ) -> None:
-    command = start_command("--no-simulate")
-    queries = start_instances(start_query, tmp_path)
-    command.wait_ready()
     ids = [f"k-{n:03d}" for n in range(90)]
-    create_orders(command, ids)
-    assert command.stop() == 0, command.log_tail()
-    log = read_log(kafka_config, topics["events"])
-    owners = wait_formed(queries)
-    wait_caught_up(queries, log.ends)
+    queries, log, owners = formed_over_orders(
+        start_command, start_query, tmp_path, kafka_config, topics["events"], ids
+    )
 
     victim, survivors = queries[1], [queries[0], queries[2]]
     orphaned = [n for n, url in owners.items() if url == victim.url]
@@ -539,16 +533,11 @@ def test_pages_of_the_cluster_list_every_order_once_in_id_order(
     start_command: Callable[..., Service],
     tmp_path: Path,
 ) -> None:
-    command = start_command("--no-simulate")
-    queries = start_instances(start_query, tmp_path)
-    command.wait_ready()
     ids = mixed_ids(320)
-    create_orders(command, ids)
-    assert command.stop() == 0, command.log_tail()
-    log = read_log(kafka_config, topics["events"])
+    queries, log, owners = formed_over_orders(
+        start_command, start_query, tmp_path, kafka_config, topics["events"], ids
+    )
     assert sorted(log.states) == sorted(ids)
-    owners = wait_formed(queries)
-    wait_caught_up(queries, log.ends)
 
     for query in queries:
         for limit in (7, 50, 1000):
@@ -632,15 +621,10 @@ def test_a_rolling_restart_under_reads_answers_200_or_503(
     start_command: Callable[..., Service],
     tmp_path: Path,
 ) -> None:
-    command = start_command("--no-simulate")
-    slots = start_instances(start_query, tmp_path)
-    command.wait_ready()
     ids = [f"rr-{n:03d}" for n in range(90)]
-    create_orders(command, ids)
-    assert command.stop() == 0, command.log_tail()
-    log = read_log(kafka_config, topics["events"])
-    wait_formed(slots)
-    wait_caught_up(slots, log.ends)
+    slots, log, _ = formed_over_orders(
+        start_command, start_query, tmp_path, kafka_config, topics["events"], ids
+    )
 
     readers = Readers(slots, ids)
     restarts: list[str] = []

@@ -140,8 +140,9 @@ class ClusterReads:
                     problem = unavailable(number, "no instance holds it now")
                 else:
                     left = max(0.0, deadline - loop.time())
-                    params = [] if min_version is None else [("min_version", str(min_version))]
-                    params += [] if min_version is None else [("wait", f"{left:.3f}")]
+                    params = []
+                    if min_version is not None:  # the owner waits for what is left
+                        params = [("min_version", str(min_version)), ("wait", f"{left:.3f}")]
                     headers = {} if if_none_match is None else {"If-None-Match": if_none_match}
                     path = f"/orders/{quote(order_id, safe='')}"
                     try:
