@@ -54,6 +54,7 @@ def run_query_service(settings: Settings) -> int:
         lambda: describe_self(view),
         directory,
     )
+    board.listeners.append(members.changed)  # a new assignment is published at once
     cluster = Cluster(instance, url, settings.partitions, directory)
     app = create_query_app(view, cluster)
 

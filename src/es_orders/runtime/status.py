@@ -15,6 +15,7 @@ readiness, the counters. HTTP threads only ever read the current snapshot.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,8 @@ class StatusBoard:
         self._retired: list[Counters] = []  # the last counters of workers that exited
         self._readers: dict[tuple[int, int], StoreReader] = {}
         self.snapshot = Snapshot()
+        # Called, on the writing thread, after every new snapshot.
+        self.listeners: list[Callable[[], None]] = []
 
     def started(self, index: int, pid: int) -> None:
         previous = self._entries.get(index)
@@ -242,6 +245,8 @@ class StatusBoard:
             readiness=Readiness(not waiting, tuple(waiting), states),
             counters=_sum_counters([*self._retired, *counters]),
         )
+        for listener in self.listeners:
+            listener()
 
 
 def monotonic_to_unix(instant: float | None) -> float | None:
