@@ -49,7 +49,17 @@ def materializer_config(
 
 
 def produce(kafka_config: dict[str, Any], topic: str, records: Iterable[VectorRecord]) -> int:
-    producer = Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 20})
+    """Each record to the partition the Java client's murmur2 gives its key, as es-orders'
+    producers place them (librdkafka's default, CRC32, would not): an instance holding
+    some partitions looks an order up in that one partition."""
+    producer = Producer(
+        {
+            **kafka_config,
+            "enable.idempotence": True,
+            "linger.ms": 20,
+            "partitioner": "murmur2_random",
+        }
+    )
     count = 0
     for record in records:
         while True:

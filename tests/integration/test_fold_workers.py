@@ -207,6 +207,7 @@ def test_partitions_under_steady_writes_are_caught_up_and_ready(
                     continue  # not listening yet
             time.sleep(0.05)
         simulated = command.get("/orders/1").json()["version"]
+        time.sleep(0.5)  # order 1 changes about every 60 ms at 50 commands/s
         # Each ready (20 answers in a row) while the writes still go on, not 503 for as
         # long as they do.
         for n, seen in readiness.items():
