@@ -20,6 +20,7 @@ from msgspec.structs import replace
 
 from es_orders.domain import (
     Event,
+    Idempotency,
     OrderCancelled,
     OrderCreated,
     OrderState,
@@ -27,7 +28,14 @@ from es_orders.domain import (
     ProductChanged,
     QuantityChanged,
 )
-from es_orders.domain.events import Id, Instant, Price, Quantity, Version
+from es_orders.domain.events import (
+    Id,
+    IdempotencyKeyText,
+    Instant,
+    Price,
+    Quantity,
+    Version,
+)
 from es_orders.errors import EsOrdersError
 
 SCHEMA_VERSION = 1
@@ -67,15 +75,22 @@ class _CancelledData(msgspec.Struct, gc=False):
     reason: _Text
 
 
+class _IdempotencyWire(msgspec.Struct, gc=False):
+    key: IdempotencyKeyText
+    digest: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
 # gc=False: these hold only strings, numbers and each other, never a cycle; untracked,
 # the hundreds of thousands decoded per second no longer trigger collections that
-# otherwise take half the decoding time.
-class _Envelope(msgspec.Struct, tag_field="type", gc=False):
+# otherwise take half the decoding time. kw_only: lets the optional ``idempotency``
+# (added in 0.2, absent from older events) come before each type's ``data``.
+class _Envelope(msgspec.Struct, tag_field="type", gc=False, kw_only=True):
     event_id: Id
     order_id: Id
     version: Version
     occurred_at: Instant
     schema_version: Literal[1]
+    idempotency: _IdempotencyWire | None = None
 
 
 class _CreatedWire(_Envelope, tag="OrderCreated", gc=False):
@@ -140,6 +155,11 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def _idempotency(w: _Envelope) -> Idempotency | None:
+    i = w.idempotency
+    return None if i is None else Idempotency(i.key, i.digest)
+
+
 def _created(w: _CreatedWire) -> Event:
     d = w.data
     return OrderCreated(
@@ -151,23 +171,28 @@ def _created(w: _CreatedWire) -> Event:
         d.product_id,
         d.quantity,
         d.price,
+        _idempotency(w),
     )
 
 
 def _price(w: _PriceWire) -> Event:
-    return PriceChanged(w.event_id, w.order_id, w.version, _utc(w.occurred_at), w.data.price)
+    at = _utc(w.occurred_at)
+    return PriceChanged(w.event_id, w.order_id, w.version, at, w.data.price, _idempotency(w))
 
 
 def _quantity(w: _QuantityWire) -> Event:
-    return QuantityChanged(w.event_id, w.order_id, w.version, _utc(w.occurred_at), w.data.quantity)
+    at = _utc(w.occurred_at)
+    return QuantityChanged(w.event_id, w.order_id, w.version, at, w.data.quantity, _idempotency(w))
 
 
 def _product(w: _ProductWire) -> Event:
-    return ProductChanged(w.event_id, w.order_id, w.version, _utc(w.occurred_at), w.data.product_id)
+    at = _utc(w.occurred_at)
+    return ProductChanged(w.event_id, w.order_id, w.version, at, w.data.product_id, _idempotency(w))
 
 
 def _cancelled(w: _CancelledWire) -> Event:
-    return OrderCancelled(w.event_id, w.order_id, w.version, _utc(w.occurred_at), w.data.reason)
+    at = _utc(w.occurred_at)
+    return OrderCancelled(w.event_id, w.order_id, w.version, at, w.data.reason, _idempotency(w))
 
 
 # A lookup by type instead of a match: this runs once per event folded, and a match
@@ -296,17 +321,20 @@ def _event_data(event: Event) -> tuple[str, dict[str, Any]]:
 def encode_event(event: Event) -> bytes:
     """The JSON value of a typed event, as the command service appends it."""
     event_type, data = _event_data(event)
-    return _encoder.encode(
-        {
-            "event_id": event.event_id,
-            "type": event_type,
-            "order_id": event.order_id,
-            "version": event.version,
-            "occurred_at": format_instant(event.occurred_at),
-            "schema_version": SCHEMA_VERSION,
-            "data": data,
-        }
-    )
+    wire: dict[str, Any] = {
+        "event_id": event.event_id,
+        "type": event_type,
+        "order_id": event.order_id,
+        "version": event.version,
+        "occurred_at": format_instant(event.occurred_at),
+        "schema_version": SCHEMA_VERSION,
+        "data": data,
+    }
+    if event.idempotency is not None:
+        # Optional: written only for a request with an Idempotency-Key, so events without
+        # one stay byte for byte what they were (and what older readers expect).
+        wire["idempotency"] = {"key": event.idempotency.key, "digest": event.idempotency.digest}
+    return _encoder.encode(wire)
 
 
 def state_to_dict(state: OrderState) -> dict[str, Any]:

@@ -86,9 +86,26 @@ class Settings(BaseSettings):
         """The compacted topic where the query instances say which partitions they hold."""
         return f"{self.application_id}-members"
 
+    @property
+    def command_members_topic(self) -> str:
+        """The same for the command instances."""
+        return f"{self.command_application_id}-members"
+
+    @property
+    def idempotency_topic(self) -> str:
+        """The compacted topic of the first outcome of each request with an Idempotency-Key."""
+        return f"{self.command_application_id}-idempotency"
+
     def query_url(self) -> str:
         """Where other instances reach this query instance: --advertised-url, or
         http://HOST:PORT (the machine's name when HOST is a wildcard address)."""
+        return self._url(self.query_port)
+
+    def command_url(self) -> str:
+        """Where other command instances reach this one (as ``query_url``)."""
+        return self._url(self.command_port)
+
+    def _url(self, port: int) -> str:
         if self.advertised_url:
             return self.advertised_url.rstrip("/")
         host = self.host
@@ -96,7 +113,7 @@ class Settings(BaseSettings):
             host = socket.gethostname()
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.query_port}"
+        return f"http://{host}:{port}"
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka settings for a client: bootstrap servers, pass-through extras, overrides."""

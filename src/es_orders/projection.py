@@ -13,7 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from es_orders.codec import CodecError, LegacyUpdate, decode_record, upcast
-from es_orders.domain import OrderState, Outcome, evolve
+from es_orders.domain import Event, OrderState, Outcome, evolve
 
 _DUPLICATE, _GAP = Outcome.DUPLICATE, Outcome.GAP  # class attribute reads are slow in 3.11
 
@@ -35,6 +35,9 @@ class RecordFolded(msgspec.Struct, frozen=True, gc=False):
     gaps: int = 0
     error: CodecError | None = None
     replayed: bool = False
+    # The typed event the record holds (None for a legacy record): whoever waits for an
+    # event to be folded knows it by its id, and finds its Idempotency-Key here.
+    event: Event | None = None
 
 
 def fold_record(
@@ -55,9 +58,10 @@ def fold_record(
         return RecordFolded(None, None, None, error=exc)
     stored = stored_of(decoded.order_id)
     before = None if stored is None else stored.state
+    typed = None if isinstance(decoded, LegacyUpdate) else decoded
     if stored is not None and offset <= stored.source_offset:
-        return RecordFolded(decoded.order_id, before, None, replayed=True)
-    events = upcast(decoded, before) if isinstance(decoded, LegacyUpdate) else (decoded,)
+        return RecordFolded(decoded.order_id, before, None, replayed=True, event=typed)
+    events = (typed,) if typed is not None else upcast(decoded, before)  # type: ignore[arg-type]
     state, duplicates, gaps = before, 0, 0
     for event in events:
         evolved = evolve(state, event)
@@ -67,4 +71,4 @@ def fold_record(
         gaps += evolved.outcome is _GAP
         state = evolved.state
     stored = None if state is before or state is None else Stored(state, offset)
-    return RecordFolded(decoded.order_id, state, stored, duplicates, gaps)
+    return RecordFolded(decoded.order_id, state, stored, duplicates, gaps, event=typed)

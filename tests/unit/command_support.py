@@ -13,13 +13,18 @@ from typing import Any
 from fastapi.testclient import TestClient
 from httpx import Response
 
+from es_orders.codec import encode_event
 from es_orders.command import create_command_app
-from es_orders.command.handler import CommandHandler
+from es_orders.command.confirm import FoldWatch, IdempotencyIndex
+from es_orders.command.handler import CommandHandler, now_to_the_millisecond
 from es_orders.domain import Event, OrderState, evolve
 from es_orders.http import PROBLEM_MEDIA_TYPE
+from es_orders.kafka.partitioner import partition_for
 from es_orders.kafka.producer import DeliveryError
+from es_orders.projection import Stored, fold_record
 from es_orders.runtime.views import Readiness
 
+PARTITIONS = 3
 T0 = datetime(2026, 11, 28, 14, 0, tzinfo=UTC)
 ORDER = {"user_id": "u1", "product_id": "57", "quantity": 2, "price": 12}
 
@@ -39,13 +44,38 @@ class LaggingView:
             self.states[event.order_id] = evolve(self.states.get(event.order_id), event).state
 
 
+class LogFold:
+    """The instance's own fold of the events topic (one partition): each record written is
+    folded in order, by the real ``fold_record``, and the handler's ``FoldWatch`` told."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, Stored] = {}
+        self.next_offsets = [0] * PARTITIONS
+        self.watch: FoldWatch | None = None
+        self._lock = threading.Lock()
+
+    def fold(self, event: Event) -> None:
+        with self._lock:
+            key = event.order_id.encode()
+            partition = partition_for(key, PARTITIONS)
+            offset = self.next_offsets[partition]
+            self.next_offsets[partition] += 1
+            folded = fold_record(key, encode_event(event), 0, offset, self.stored.get)
+            if folded.stored is not None:
+                self.stored[event.order_id] = folded.stored
+            if self.watch is not None:
+                self.watch.folded(partition, offset, folded)
+
+
 class RecordingLog:
-    """An event log that acknowledges at once, unless told to fail or to stay silent."""
+    """An event log that acknowledges (and folds) at once, unless told to fail or to stay
+    silent."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.fail_next = False
         self.silent = False
+        self.fold = LogFold()
         self._lock = threading.Lock()
 
     def append(self, event: Event) -> Future[None]:
@@ -58,6 +88,7 @@ class RecordingLog:
             self.events.append(event)
         if not self.silent:
             future.set_result(None)
+            self.fold.fold(event)
         return future
 
     def of(self, order_id: str) -> list[Event]:
@@ -77,25 +108,52 @@ class Switch:
         self.readiness = Readiness(False, waiting_for, {0: "restoring"})
 
 
+class Keys(IdempotencyIndex):
+    """The idempotency index without its topic: what the fold applied, always in sync."""
+
+    def __init__(self) -> None:
+        super().__init__({}, "idempotency", "test")
+
+    def sync(self, timeout: float) -> bool:
+        return True
+
+
 def make_handler(
     view: LaggingView,
     log: RecordingLog,
     ready: Switch | None = None,
     caught_up_at: Callable[[str], float] = lambda _order_id: math.inf,
+    *,
+    held: Callable[[int], bool] = lambda _partition: True,
+    clock: Callable[[], datetime] = lambda: T0,
     **options: float,
 ) -> CommandHandler:
     counter = iter(range(1, 1_000_000))
-    return CommandHandler(
+    keys = Keys()
+    handlers: list[CommandHandler] = []
+
+    def fresh(state: OrderState, partition: int, offset: int) -> None:
+        handlers[0].fresh(state, partition, offset)
+
+    watch = FoldWatch(keys, fresh)
+    log.fold.watch = watch
+    handler = CommandHandler(
         view,
         log,
         ready or Switch(),
+        confirmer=watch,
+        keys=keys,
+        partitions=PARTITIONS,
+        held_since=lambda partition: 0.0 if held(partition) else None,
         ack_timeout=options.get("ack_timeout", 5.0),
         command_timeout=options.get("command_timeout"),
         doubt_window=options.get("doubt_window", 30.0),
         caught_up_at=caught_up_at,
-        clock=lambda: T0,
+        clock=clock,
         new_event_id=lambda: f"event-{next(counter)}",
     )
+    handlers.append(handler)
+    return handler
 
 
 class ApiService:
@@ -103,7 +161,10 @@ class ApiService:
 
     def __init__(self, token: str | None = None) -> None:
         self.view, self.log, self.ready = LaggingView(), RecordingLog(), Switch()
-        self.handler = make_handler(self.view, self.log, self.ready, ack_timeout=0.2)
+        # Events happen now: Idempotency-Keys are kept for 24 hours from their event.
+        self.handler = make_handler(
+            self.view, self.log, self.ready, ack_timeout=0.2, clock=now_to_the_millisecond
+        )
         app = create_command_app(self.handler, api_token=token, new_order_id=lambda: "generated-id")
         self.client = TestClient(app)
 

@@ -36,7 +36,8 @@ def service() -> ApiService:
 def test_create_answers_201_with_location_etag_and_version(service: ApiService) -> None:
     response = service.create("42")
     assert response.status_code == 201
-    assert response.json() == {"id": "42", "version": 1}
+    # Order 42 is in partition 1 (murmur2), whose first event it is.
+    assert response.json() == {"id": "42", "version": 1, "partition": 1, "offset": 0}
     assert response.headers["location"] == "/orders/42"
     assert response.headers["etag"] == '"1"'
     assert [e.version for e in service.log.of("42")] == [1]
@@ -73,7 +74,8 @@ def test_each_change_appends_one_event_and_answers_the_new_version(service: ApiS
     for version, (path, body) in enumerate(steps, start=2):
         response = service.client.post(f"/orders/1/{path}", json=body)
         assert response.status_code == 200, response.text
-        assert response.json() == {"id": "1", "version": version}
+        expected = {"id": "1", "version": version, "partition": 0, "offset": version - 1}
+        assert response.json() == expected
         assert response.headers["etag"] == f'"{version}"'
     state = service.client.get("/orders/1")
     assert state.headers["etag"] == '"4"'
@@ -88,17 +90,16 @@ def test_a_change_to_the_current_value_is_an_idempotent_no_op(service: ApiServic
     service.create("1")
     response = service.client.post("/orders/1/price", json={"price": 12})
     assert response.status_code == 200
-    assert response.json() == {"id": "1", "version": 1}
+    # Nothing appended: the position is that of the order's last event.
+    assert response.json() == {"id": "1", "version": 1, "partition": 0, "offset": 0}
     assert len(service.log.events) == 1
 
 
 def test_cancel_is_idempotent_and_a_cancelled_order_refuses_changes(service: ApiService) -> None:
     service.create("1")
-    assert service.client.post("/orders/1/cancel", json={"reason": "duplicate"}).json() == {
-        "id": "1",
-        "version": 2,
-    }
-    assert service.client.post("/orders/1/cancel").json() == {"id": "1", "version": 2}
+    cancelled = {"id": "1", "version": 2, "partition": 0, "offset": 1}
+    assert service.client.post("/orders/1/cancel", json={"reason": "duplicate"}).json() == cancelled
+    assert service.client.post("/orders/1/cancel").json() == cancelled
     response = service.client.post("/orders/1/quantity", json={"quantity": 5})
     assert problem(response, 409, ORDER_CANCELLED_TYPE)["order_id"] == "1"
     assert len(service.log.events) == 2

@@ -9,9 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from es_orders.command import create_command_app
-from es_orders.command.errors import AppendError, CommandTimeoutError, OrderInDoubtError
-from es_orders.command.problems import COMMAND_TIMEOUT_TYPE, NOT_ACKNOWLEDGED_TYPE
+from es_orders.command.errors import CommandTimeoutError, OrderInDoubtError
+from es_orders.command.problems import COMMAND_TIMEOUT_TYPE
 from es_orders.domain import ChangePrice, CreateOrder, Event
+from es_orders.http.problems import ORDER_IN_DOUBT
 from tests.unit.command_support import ORDER, LaggingView, RecordingLog, make_handler, problem
 
 
@@ -29,14 +30,16 @@ class GatedLog(RecordingLog):
         self.pending.append(future)
         if self.open:
             future.set_result(None)
+            self.fold.fold(event)
         return future
 
     def acknowledge(self) -> None:
-        """Acknowledge every event so far, and from now on each at once."""
+        """Acknowledge (and fold) every event so far, and from now on each at once."""
         self.open = True
-        for future in self.pending:
+        for event, future in zip(self.events, self.pending, strict=True):
             if not future.done():
                 future.set_result(None)
+                self.fold.fold(event)
 
 
 def appended(log: RecordingLog, count: int) -> None:
@@ -78,7 +81,7 @@ def test_the_wait_for_the_acknowledgement_ends_at_the_command_timeout() -> None:
         LaggingView(), log, ack_timeout=30.0, command_timeout=0.1, doubt_window=0.0
     )
     started = time.monotonic()
-    with pytest.raises(AppendError, match="no leader or too few in-sync replicas"):
+    with pytest.raises(OrderInDoubtError, match="no leader or too few in-sync replicas"):
         handler.handle(CreateOrder("1", "u1", "57", 2, 12))
     assert time.monotonic() - started < 5
     # librdkafka may still write the event until it reports on it (up to ack_timeout):
@@ -92,7 +95,7 @@ def test_timeouts_are_503_problems_with_retry_after() -> None:
     handler = make_handler(LaggingView(), log, command_timeout=0.2)
     client = TestClient(create_command_app(handler))
     unacknowledged = client.post("/orders", json={"id": "1", **ORDER})
-    body = problem(unacknowledged, 503, NOT_ACKNOWLEDGED_TYPE)
+    body = problem(unacknowledged, 503, ORDER_IN_DOUBT.type)
     assert unacknowledged.headers["retry-after"] == "1"
     assert "no leader" in body["detail"]
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future
 
 from es_orders.codec import decode_state, encode_event
 from es_orders.command.errors import NotReadyError
 from es_orders.domain import Event, OrderState
 from es_orders.kafka.producer import AckedProducer, Delivered
-from es_orders.runtime.views import OrderView, PartitionNotHeldError, Readiness
+from es_orders.runtime.views import OrderView, PartitionNotHeldError
 
 
 class ViewStates:
@@ -36,27 +35,3 @@ class KafkaEventLog:
 
     def append(self, event: Event) -> Future[Delivered]:
         return self._producer.send(self._topic, event.order_id.encode(), encode_event(event))
-
-
-def owns_every_partition(
-    readiness: Callable[[], Readiness], assigned: Callable[[], set[int]], partitions: int
-) -> Callable[[], Readiness]:
-    """Readiness that also requires this instance to hold all ``partitions``.
-
-    A command is decided against the whole history of its order. An instance that holds
-    only some partitions (a second instance joined the group) would take orders in the
-    others for unknown ones, so it refuses commands instead of deciding them wrongly.
-    """
-
-    def check() -> Readiness:
-        ready = readiness()
-        missing = sorted(set(range(partitions)) - assigned())
-        if not ready.ready or not missing:
-            return ready
-        waiting = (
-            f"partitions {missing} (this instance must own every partition: is a second "
-            "command service running in the same group?)",
-        )
-        return Readiness(False, ready.waiting_for + waiting, ready.partitions)
-
-    return check

@@ -44,11 +44,45 @@ class CommandTimeoutError(CommandUnavailableError):
 class OrderInDoubtError(CommandUnavailableError):
     """An earlier event of this order may or may not have been written; wait until it shows."""
 
-    def __init__(self, order_id: str, version: int, retry_after: int) -> None:
+    def __init__(self, order_id: str, version: int, retry_after: int, why: str = "") -> None:
         super().__init__(
             f"order {order_id!r}: the outcome of its version {version} is not known yet "
-            "(the broker did not acknowledge it); retry shortly"
+            f"({why or 'the log has not shown whether its event was written and applied'}); "
+            "retry shortly, with the same Idempotency-Key if the request had one"
         )
         self.order_id = order_id
         self.version = version
         self.retry_after = retry_after
+
+
+class PartitionUnavailableError(CommandUnavailableError):
+    """The order's partition is not held here now (moving between instances)."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(
+            f"partition {partition} of the orders is not held by this instance now; retry shortly"
+        )
+        self.partition = partition
+
+
+class ContendedError(CommandUnavailableError):
+    """An unconditional change lost every race it ran for its order's next version."""
+
+    def __init__(self, order_id: str, attempts: int) -> None:
+        super().__init__(
+            f"order {order_id!r}: the change lost the race for the order's next version "
+            f"{attempts} times to other writers; nothing of it was applied, retry shortly"
+        )
+        self.order_id = order_id
+
+
+class IdempotencyKeyReusedError(EsOrdersError):
+    """An Idempotency-Key the log knows from a different request on this order (422)."""
+
+    def __init__(self, order_id: str, key: str) -> None:
+        super().__init__(
+            f"the Idempotency-Key was used for a different request on order {order_id!r}; "
+            "a key names one request: use a new key for a new request"
+        )
+        self.order_id = order_id
+        self.key = key

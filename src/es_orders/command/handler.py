@@ -1,39 +1,49 @@
-"""The write path: decide a command against the current state, append, and remember.
+"""The write path: decide a command, append its event, and let the log say if it won.
 
-Per command, with the order's lock held (commands on one order are serialized inside
-the instance; a lock stripe is shared by a few orders):
+Several command instances share the events topic's partitions, each deciding the
+commands of the orders in the partitions it holds (others are forwarded to it). The
+log, not a lock or a fencing token, is the judge: the fold keeps the first event of each
+version of an order, in partition order, and drops any later one as a duplicate. So per
+command, with the order's lock held (commands on one order are serialized inside the
+instance; a lock stripe is shared by a few orders):
 
-1. read the order's current state (below);
-2. ``decide``; an empty result is an idempotent no-op and appends nothing;
-3. append each event and wait for the broker's acknowledgement;
-4. evolve the overlay, so the next command sees the event before the view has folded
-   its echo from the topic.
+1. if it carries an ``Idempotency-Key`` the log has applied an event for, answer that
+   event's outcome and append nothing (the same key with another request: 422);
+2. ``decide`` against the order's latest state; an empty result is an idempotent no-op
+   and appends nothing;
+3. append the event and wait until this instance's own fold of the partition has folded
+   it (``FoldWatch``): applied, it is the answer (with its partition and offset); dropped,
+   it lost a race with another event of its version (another instance, or this one
+   before a rebalance): a create is a 409, a conditional change a 412 with the version
+   that won, and an unconditional change is decided again against the state that won.
 
-The overlay holds the states this instance's acknowledged events produced. This
-instance is the only writer of the events topic (one command service per topic, see
-``adapters.owns_every_partition``), so an overlay entry is never older than the view:
-while an order has one, it is the current state and the view is not read at all (that
-read is most of a command's cost). Entries go once the view has caught up with them
-(``prune``); a reader that misses an entry dropped meanwhile reads the view, which by
-then holds that version or a later one, since the view never goes back.
+Commands on different orders wait for their confirmations side by side (each HTTP
+request on its own worker thread), so the fold's round trip is paid once per order, not
+once per command in the service.
 
-An event whose acknowledgement fails or times out may still have been written. Its
-order's overlay entry is dropped and, until the view shows that version (or
-``doubt_window`` passes without it), further commands on the order are refused with
-``OrderInDoubtError`` rather than decided against a state that may be one event behind:
-the next event would reuse the version, and the fold would drop it as a duplicate.
+The overlay holds every state the fold computed that the store may not have committed
+yet (the fold tells it, ``fresh``), so a command is decided against the fold's latest
+whoever wrote it; entries go once the store has caught up with them (``prune``) and with
+their partition when it is revoked.
+
+An event whose acknowledgement fails, or whose fold does not come within the command's
+time (its partition revoked meanwhile, or the broker slow), may or may not be in the
+log. The command is answered 503 (``AppendError``, ``OrderInDoubtError``) and, until the
+fold shows that version (or ``doubt_window`` passes without it), further commands on the
+order are refused with ``OrderInDoubtError`` rather than decided against a state that may
+be one event behind.
 
 A command has ``command_timeout`` seconds from its arrival, for its turn at the lock and
-for the acknowledgement together: a partition without a leader must not hold a client
-(and a worker thread) for librdkafka's whole message timeout. A command still waiting
-for its turn then is refused with ``CommandTimeoutError`` (nothing appended); one waiting
-for its acknowledgement gets ``AppendError`` and puts its order in doubt. Such an event
-may still be written until librdkafka gives up on it (``ack_timeout``), so the doubt
-window is counted from then.
+for the append and its fold together: a partition without a leader must not hold a client
+(and a worker thread) for librdkafka's whole message timeout. A command still waiting for
+its turn then is refused with ``CommandTimeoutError`` (nothing appended).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import threading
@@ -41,25 +51,48 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from msgspec.structs import replace
+
+from es_orders.command.confirm import Confirmation, KeyOutcome, UnconfirmedError
 from es_orders.command.errors import (
     AppendError,
     CommandTimeoutError,
     CommandUnavailableError,
+    ContendedError,
+    IdempotencyKeyReusedError,
     NotReadyError,
     OrderInDoubtError,
+    PartitionUnavailableError,
 )
-from es_orders.domain import Command, Event, OrderState, decide, evolve
+from es_orders.domain import (
+    Command,
+    CreateOrder,
+    Event,
+    Idempotency,
+    OrderAlreadyExistsError,
+    OrderState,
+    VersionConflictError,
+    decide,
+)
 from es_orders.errors import EsOrdersError
+from es_orders.kafka.partitioner import partition_for
 from es_orders.runtime.views import Readiness
 
 log = logging.getLogger(__name__)
 
 _LOCK_STRIPES = 256
+# An unconditional change that lost a race is decided again against the state that won,
+# at most this many times: then its order is too contended to promise anything (503).
+_ATTEMPTS = 5
+# How long a conditional change waits for the fold to reach the version the client
+# expects, when this instance's state of the order is older (it just took the partition
+# over, and the previous holder's last events are still being folded).
+_VERSION_WAIT = 0.5
 
 
 class OrderStates(Protocol):
@@ -78,13 +111,36 @@ class EventLog(Protocol):
     def append(self, event: Event) -> Future[Any]: ...
 
 
+class Confirmer(Protocol):
+    """The fold's word on appended events (``confirm.FoldWatch``)."""
+
+    def expect(self, event_id: str, partition: int) -> Future[Confirmation]: ...
+
+    def forget(self, event_id: str) -> None: ...
+
+
+class KeyOutcomes(Protocol):
+    """First outcomes of requests by Idempotency-Key (``confirm.IdempotencyIndex``)."""
+
+    def lookup(self, order_id: str, key: str) -> KeyOutcome | None: ...
+
+    def synced_since(self) -> float: ...
+
+    def sync(self, timeout: float) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A command's outcome: the order's version afterwards and how many events it added."""
+    """A command's outcome: the order's version afterwards, how many events it added, and
+    where the order's last event is in the log (``offset`` None: not known here, for a
+    no-op on an order whose last event this instance has not folded since it started)."""
 
     order_id: str
     version: int
     appended: int
+    partition: int | None = None
+    offset: int | None = None
+    replayed: bool = False  # the first outcome of an earlier request with the same key
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,44 +149,64 @@ class _Doubt:
     until: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    state: OrderState
+    partition: int
+    offset: int
+
+
 class _Overlay:
-    """Acknowledged states the view may not have folded yet, by order id."""
+    """States the fold computed that the store may not have committed yet, by order id."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._states: dict[str, OrderState] = {}
+        self._entries: dict[str, _Entry] = {}
 
-    def get(self, order_id: str) -> OrderState | None:
-        with self._lock:
-            return self._states.get(order_id)
+    def get(self, order_id: str) -> _Entry | None:
+        return self._entries.get(order_id)  # one dict read: atomic under the GIL
 
-    def put(self, state: OrderState) -> None:
+    def put(self, entry: _Entry) -> None:
         with self._lock:
-            self._states[state.id] = state
+            self._entries[entry.state.id] = entry
 
-    def discard(self, state: OrderState) -> None:
-        """Drop ``state`` unless a newer entry has replaced it meanwhile."""
+    def discard(self, entry: _Entry) -> None:
+        """Drop ``entry`` unless a newer entry has replaced it meanwhile."""
         with self._lock:
-            if self._states.get(state.id) is state:
-                del self._states[state.id]
+            if self._entries.get(entry.state.id) is entry:
+                del self._entries[entry.state.id]
 
     def drop(self, order_id: str) -> None:
         with self._lock:
-            self._states.pop(order_id, None)
+            self._entries.pop(order_id, None)
 
-    def snapshot(self) -> list[OrderState]:
+    def keep_only(self, partitions: set[int]) -> int:
+        """Drop the entries of partitions not in ``partitions``; how many went."""
         with self._lock:
-            return list(self._states.values())
+            gone = [k for k, e in self._entries.items() if e.partition not in partitions]
+            for k in gone:
+                del self._entries[k]
+        return len(gone)
+
+    def snapshot(self) -> list[_Entry]:
+        with self._lock:
+            return list(self._entries.values())
 
     def __len__(self) -> int:
-        return len(self._states)
+        return len(self._entries)
 
 
-def _now_to_the_millisecond() -> datetime:
+def now_to_the_millisecond() -> datetime:
     """Now, as precisely as the wire keeps an event's time (``codec.format_instant``): the
-    overlay's state must be the one the log's fold gives, not a microsecond apart."""
+    fold's state must be the one the log's fold gives, not a microsecond apart."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def request_digest(command: Command) -> str:
+    """What identifies a request for its Idempotency-Key: the command, with every value."""
+    canonical = json.dumps([type(command).__name__, asdict(command)], sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class CommandHandler:
@@ -142,20 +218,31 @@ class CommandHandler:
         events: EventLog,
         readiness: Callable[[], Readiness],
         *,
+        confirmer: Confirmer,
+        keys: KeyOutcomes,
+        partitions: int,
+        held_since: Callable[[int], float | None],
         ack_timeout: float,
         command_timeout: float | None = None,
         doubt_window: float = 30.0,
         caught_up_at: Callable[[str], float] = lambda _order_id: math.inf,
-        clock: Callable[[], datetime] = _now_to_the_millisecond,
+        clock: Callable[[], datetime] = now_to_the_millisecond,
         new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self._states = states
         self._events = events
         self._readiness = readiness
+        self._confirmer = confirmer
+        self._keys = keys
+        self.partitions = partitions
+        # Since when (time.monotonic) this instance holds a partition with its fold read
+        # to the end; None while it does not.
+        self._held_since = held_since
         # How long librdkafka may take to report on an event (its message timeout and a
         # margin), and how long a command may take in all (None: as long as that).
         self._ack_timeout = ack_timeout
         self._command_timeout = command_timeout
+        self.command_timeout = command_timeout or ack_timeout
         self._doubt_window = doubt_window
         # When (time.monotonic) the view last reached the end of the order's partition.
         self._caught_up_at = caught_up_at
@@ -168,21 +255,40 @@ class CommandHandler:
     def readiness(self) -> Readiness:
         return self._readiness()
 
+    def partition_of(self, order_id: str) -> int:
+        return partition_for(order_id.encode(), self.partitions)
+
+    def holds(self, partition: int) -> bool:
+        """Whether commands on orders of ``partition`` are decided here now."""
+        return self._held_since(partition) is not None
+
     @property
     def pending(self) -> int:
-        """How many orders have acknowledged states the view has not shown yet."""
+        """How many orders have folded states the store has not committed yet."""
         return len(self._overlay)
+
+    def fresh(self, state: OrderState, partition: int, offset: int) -> None:
+        """The fold computed ``state`` at ``offset`` (called on the fold's thread)."""
+        self._overlay.put(_Entry(state, partition, offset))
+
+    def released(self, held: set[int]) -> None:
+        """Only ``held`` partitions are held now: forget the fold's states of the others
+        (the store of a partition taken back later is read again, as the fold left it)."""
+        if self._overlay.keep_only(held):
+            log.info("overlay: dropped the states of partitions no longer held")
 
     def current(self, order_id: str) -> OrderState | None:
         """The order's latest known state: its overlay entry, else the view's."""
         pending = self._overlay.get(order_id)
-        return pending if pending is not None else self._states.get(order_id)
+        return pending.state if pending is not None else self._states.get(order_id)
 
-    def handle(self, command: Command, *, received_at: float | None = None) -> Accepted:
+    def handle(
+        self, command: Command, *, received_at: float | None = None, key: str | None = None
+    ) -> Accepted:
         """Decide and append ``command``; raise a ``DomainError`` or ``CommandUnavailableError``.
 
         ``received_at`` (``time.monotonic()``) is when the command arrived, which starts
-        its command timeout; None: now.
+        its command timeout; None: now. ``key``: the request's Idempotency-Key.
         """
         started = time.monotonic() if received_at is None else received_at
         deadline = started + (self._command_timeout or self._ack_timeout)
@@ -190,6 +296,19 @@ class CommandHandler:
         if not readiness.ready:
             raise NotReadyError(readiness.waiting_for)
         order_id = command.order_id
+        partition = self.partition_of(order_id)
+        since = self._held_since(partition)
+        if since is None:
+            raise PartitionUnavailableError(partition)
+        idempotency = None
+        if key is not None:
+            idempotency = Idempotency(key, request_digest(command))
+            # Outcomes the partition's previous holders wrote must be read before a key
+            # can be said to be new here.
+            if self._keys.synced_since() < since and not self._keys.sync(
+                max(0.0, deadline - time.monotonic())
+            ):
+                raise NotReadyError(("idempotency keys: reading the idempotency topic",))
         # crc32, not hash(): the stripe of an id must not depend on the process's hash seed.
         lock = self._locks[zlib.crc32(order_id.encode()) % _LOCK_STRIPES]
         if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -198,37 +317,122 @@ class CommandHandler:
             if time.monotonic() >= deadline:
                 raise CommandTimeoutError(order_id, deadline - started)
             self._check_doubt(order_id)
-            state = self.current(order_id)
-            events = decide(command, state, now=self._clock(), new_event_id=self._new_event_id)
-            for event in events:
-                self._append(event, deadline)
-                state = evolve(state, event).state
-                self._overlay.put(state)
+            return self._decide(command, partition, idempotency, deadline)
         finally:
             lock.release()
-        assert state is not None  # decide refuses a change to a missing order
-        return Accepted(order_id, state.version, len(events))
 
-    def _append(self, event: Event, deadline: float) -> None:
+    def _known(self, order_id: str, idempotency: Idempotency | None) -> Accepted | None:
+        """The first outcome of the request ``idempotency`` names, if the log has one."""
+        if idempotency is None:
+            return None
+        known = self._keys.lookup(order_id, idempotency.key)
+        if known is None:
+            return None
+        if known.digest != idempotency.digest:
+            raise IdempotencyKeyReusedError(order_id, idempotency.key)
+        return Accepted(order_id, known.version, 0, known.partition, known.offset, replayed=True)
+
+    def _decide(
+        self,
+        command: Command,
+        partition: int,
+        idempotency: Idempotency | None,
+        deadline: float,
+    ) -> Accepted:
+        order_id = command.order_id
+        for _ in range(_ATTEMPTS):
+            known = self._known(order_id, idempotency)
+            if known is not None:
+                return known
+            entry = self._overlay.get(order_id)
+            state = entry.state if entry is not None else self._states.get(order_id)
+            try:
+                events = decide(command, state, now=self._clock(), new_event_id=self._new_event_id)
+            except VersionConflictError as exc:
+                if exc.current >= exc.expected or not self._await_version(
+                    order_id, exc.expected, deadline
+                ):
+                    raise
+                continue  # this instance was behind the client: decide again
+            if not events:
+                assert state is not None  # decide creates a missing order or refuses
+                offset = entry.offset if entry is not None else None
+                return Accepted(order_id, state.version, 0, partition, offset)
+            (event,) = events
+            if idempotency is not None:
+                event = replace(event, idempotency=idempotency)
+            confirmation = self._append(event, partition, deadline)
+            if confirmation.applied:
+                return Accepted(order_id, event.version, 1, partition, confirmation.offset)
+            won = confirmation.state
+            current = won.version if won is not None else 0
+            log.info(
+                "event lost a race order=%s version=%s partition=%d offset=%d current=%d",
+                order_id,
+                event.version,
+                partition,
+                confirmation.offset,
+                current,
+            )
+            if (known := self._known(order_id, idempotency)) is not None:
+                return known  # the same request, retried elsewhere, came first
+            if isinstance(command, CreateOrder):
+                raise OrderAlreadyExistsError(order_id)
+            if command.expected_version is not None:
+                raise VersionConflictError(order_id, command.expected_version, current)
+        raise ContendedError(order_id, _ATTEMPTS)
+
+    def _await_version(self, order_id: str, version: int, deadline: float) -> bool:
+        """Wait (briefly) until the order's state here is at ``version`` or beyond."""
+        until = min(deadline, time.monotonic() + _VERSION_WAIT)
+        pause = 0.002
+        while time.monotonic() < until:
+            state = self.current(order_id)
+            if state is not None and state.version >= version:
+                return True
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+        return False
+
+    def _append(self, event: Event, partition: int, deadline: float) -> Confirmation:
+        confirmed = self._confirmer.expect(event.event_id, partition)
         sent_at = time.monotonic()
         try:
-            future = self._events.append(event)
+            delivery = self._events.append(event)
         except EsOrdersError as exc:  # not queued, so not written: no doubt about it
+            self._confirmer.forget(event.event_id)
             raise AppendError(f"cannot append the event: {exc}") from exc
+
+        def failed(done: Future[Any]) -> None:
+            error = done.exception()
+            if error is not None:
+                # Confirmed meanwhile (the fold was quicker): that answer stands.
+                with contextlib.suppress(InvalidStateError):
+                    confirmed.set_exception(error)
+
+        delivery.add_done_callback(failed)
         waited = min(self._ack_timeout, max(0.0, deadline - sent_at))
         try:
-            future.result(timeout=waited)
+            return confirmed.result(timeout=waited)
         except TimeoutError as exc:
-            # librdkafka may still write it, until it reports on it: the doubt lasts from then.
-            self._doubt(event, sent_at + self._ack_timeout, "no report in time")
-            raise AppendError(
-                f"the broker did not acknowledge version {event.version} of order "
-                f"{event.order_id!r} in time ({waited:.2g} s): the broker is unreachable, or "
-                "the order's partition has no leader or too few in-sync replicas right now. "
-                "The event may or may not be written; until that is known, commands on this "
-                "order are refused"
-            ) from exc
+            self._confirmer.forget(event.event_id)
+            # librdkafka may still write it until it reports on it: the doubt lasts from then.
+            why = (
+                "the broker acknowledged its event, but this instance's fold has not reached "
+                f"it within {waited:.2g} s"
+                if delivery.done()
+                else f"the broker did not acknowledge its event within {waited:.2g} s: the "
+                "broker is unreachable, or the order's partition has no leader or too few "
+                "in-sync replicas right now"
+            )
+            self._doubt(event, sent_at + self._ack_timeout, why)
+            raise OrderInDoubtError(event.order_id, event.version, 1, why) from exc
+        except UnconfirmedError as exc:
+            self._doubt(event, time.monotonic(), str(exc))
+            why = f"{exc}; its next holder decides it"
+            raise OrderInDoubtError(event.order_id, event.version, 1, why) from exc
         except EsOrdersError as exc:
+            self._confirmer.forget(event.event_id)
             self._doubt(event, time.monotonic(), str(exc))
             raise AppendError(
                 f"the broker did not acknowledge version {event.version} of order "
@@ -239,9 +443,8 @@ class CommandHandler:
         """Refuse commands on the event's order until the view shows it, or the window passes
         after ``settled_at`` (when librdkafka has reported on the event, or must have)."""
         self._doubts[event.order_id] = _Doubt(event.version, settled_at + self._doubt_window)
-        self._overlay.drop(event.order_id)
         log.warning(
-            "event not acknowledged order=%s version=%s error=%s",
+            "event in doubt order=%s version=%s error=%s",
             event.order_id,
             event.version,
             error,
@@ -251,9 +454,10 @@ class CommandHandler:
         doubt = self._doubts.get(order_id)
         if doubt is None:
             return
-        state = self._states.get(order_id)
+        state = self.current(order_id)
         if state is not None and state.version >= doubt.version:
-            log.info("event in doubt was written order=%s version=%s", order_id, doubt.version)
+            # Whichever event of that version the log kept, the state now follows it.
+            log.info("event in doubt was settled order=%s version=%s", order_id, doubt.version)
         elif time.monotonic() >= doubt.until and self._caught_up_at(order_id) >= doubt.until:
             # Lost only once the view has read its partition to the end after the window:
             # a view lagging behind (a busy service) has simply not folded it yet, and
@@ -268,17 +472,17 @@ class CommandHandler:
         del self._doubts[order_id]
 
     def prune(self) -> int:
-        """Drop overlay entries the view has caught up with; how many are left."""
+        """Drop overlay entries the store has caught up with; how many are left."""
         left = 0
         for pending in self._overlay.snapshot():
             try:
-                stored = self._states.get(pending.id)
+                stored = self._states.get(pending.state.id)
             except CommandUnavailableError:
                 # Its partition is not held right now (a rebalance): keep the entry. An
                 # error here would end the pruner's thread, and with it the service.
                 left += 1
                 continue
-            if stored is not None and stored.version >= pending.version:
+            if stored is not None and stored.version >= pending.state.version:
                 self._overlay.discard(pending)
             else:
                 left += 1

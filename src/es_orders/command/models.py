@@ -70,7 +70,19 @@ class CancelOrderBody(_Body):
 
 
 class VersionModel(BaseModel):
-    """The order and its version after the command (unchanged for an idempotent no-op)."""
+    """The order and its version after the command (unchanged for an idempotent no-op), and
+    where its event is in the events topic: ask a query instance for
+    ``?min_version=<version>`` to read at least this fresh."""
 
     id: str = Field(examples=["1"])
     version: int = Field(ge=1, examples=[2])
+    partition: int | None = Field(
+        default=None, ge=0, description="The order's partition of the events topic.", examples=[1]
+    )
+    offset: int | None = Field(
+        default=None,
+        ge=0,
+        description="The offset of the event that made this version (null for a no-op on "
+        "an order whose last event this instance has not folded itself).",
+        examples=[4711],
+    )

@@ -4,9 +4,11 @@
     ├── InvalidCommandError      422         ├── NotReadyError          503 not-ready
     ├── OrderNotFoundError       404         ├── AppendError            503 write-not-acknowledged
     ├── OrderAlreadyExistsError  409         ├── CommandTimeoutError    503 command-timeout
-    ├── OrderIsCancelledError    409         └── OrderInDoubtError      503 order-in-doubt
-    └── VersionConflictError     412
-                                             InvalidPreconditionError   422 (If-Match)
+    ├── OrderIsCancelledError    409         ├── OrderInDoubtError      503 order-in-doubt
+    └── VersionConflictError     412         ├── PartitionUnavailableError 503 partition-unavailable
+                                             └── ContendedError         503 order-contended
+    InvalidPreconditionError   422 (If-Match)
+    IdempotencyKeyReusedError  422 idempotency-key-reused
 
 Each maps to an entry of the catalogue in ``http.problems``, whose builders give the
 problems both services share their one shape: a 422 here is the same
@@ -22,8 +24,11 @@ from es_orders.command.errors import (
     AppendError,
     CommandTimeoutError,
     CommandUnavailableError,
+    ContendedError,
+    IdempotencyKeyReusedError,
     NotReadyError,
     OrderInDoubtError,
+    PartitionUnavailableError,
 )
 from es_orders.command.preconditions import InvalidPreconditionError
 from es_orders.domain import (
@@ -38,13 +43,16 @@ from es_orders.domain import (
 from es_orders.http import InvalidInput, ProblemError, validation_problem
 from es_orders.http.problems import (
     COMMAND_TIMEOUT,
+    IDEMPOTENCY_KEY_REUSED,
     ORDER_CANCELLED,
+    ORDER_CONTENDED,
     ORDER_EXISTS,
     ORDER_IN_DOUBT,
     VERSION_CONFLICT,
     WRITE_NOT_ACKNOWLEDGED,
     not_ready_problem,
     order_not_found_problem,
+    partition_unavailable_problem,
 )
 from es_orders.runtime.views import Readiness
 
@@ -122,7 +130,17 @@ def unavailable_problem(
                 extra={"order_id": exc.order_id, "version_in_doubt": exc.version},
                 headers=headers,
             )
+        case PartitionUnavailableError():
+            return partition_unavailable_problem(exc.partition, exc.retry_after)
+        case ContendedError():
+            return ORDER_CONTENDED(str(exc), extra={"order_id": exc.order_id}, headers=headers)
     raise AssertionError(f"unmapped error: {exc!r}")  # pragma: no cover
+
+
+def key_reused_problem(exc: IdempotencyKeyReusedError) -> ProblemError:
+    return IDEMPOTENCY_KEY_REUSED(
+        str(exc), extra={"order_id": exc.order_id, "idempotency_key": exc.key}
+    )
 
 
 def problem_for(

@@ -5,19 +5,32 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 
-from es_orders.command.adapters import KafkaEventLog, ViewStates, owns_every_partition
+from es_orders.command.adapters import KafkaEventLog, ViewStates
 from es_orders.command.api import create_command_app
+from es_orders.command.confirm import FoldWatch, IdempotencyIndex
 from es_orders.command.handler import CommandHandler, OverlayPruner
 from es_orders.command.simulator import Simulator
 from es_orders.config import Settings
-from es_orders.kafka.admin import ensure_topics, topic_specs
+from es_orders.domain import OrderState
+from es_orders.kafka.admin import (
+    ensure_topics,
+    idempotency_topic_spec,
+    members_topic_spec,
+    topic_specs,
+)
 from es_orders.kafka.partitioner import partition_for
 from es_orders.kafka.producer import AckedProducer
+from es_orders.query.members import Directory, Membership, new_instance_id
+from es_orders.query.reads import describe_self
+from es_orders.query.routing import Cluster
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer
+from es_orders.runtime.partition import Phase
 from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.view import MaterializedView
+from es_orders.runtime.views import Readiness
 from es_orders.serving import Worker, serve
 
 log = logging.getLogger(__name__)
@@ -45,19 +58,57 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
     """Serve the command API on ``settings.command_port`` until SIGINT/SIGTERM; the exit code.
 
     ``simulator_rate`` commands a second come from the built-in simulator (0: none).
+    Instances in one group (``command_application_id``) share the partitions: each decides
+    the commands of the orders it holds and forwards the others to their holder.
     """
-    ensure_topics(settings.kafka_config(), topic_specs(settings))
+    kafka = settings.kafka_config()
+    ensure_topics(
+        kafka,
+        [
+            *topic_specs(settings),
+            members_topic_spec(settings, settings.command_members_topic),
+            idempotency_topic_spec(settings),
+        ],
+    )
     config = command_materializer_config(settings)
-    # The command side's view folds on a thread of this process: its commands are few,
-    # and deciding one needs the view's latest state, not a read across processes.
+    # The command side's view folds on a thread of this process: deciding a command needs
+    # the fold's latest state, and its word on each event appended, not a read across
+    # processes.
     board = StatusBoard(config.state_dir, config.group_id, config.source_topic, 1)
     board.started(0, os.getpid())
-    materializer = Materializer(config, publish=board.update)
-    producer = AckedProducer(settings.kafka_config())
+    instance, url = new_instance_id(), settings.command_url()
+    index = IdempotencyIndex(kafka, settings.idempotency_topic, instance)
+    handlers: list[CommandHandler] = []
+
+    def fresh(state: OrderState, partition: int, offset: int) -> None:
+        handlers[0].fresh(state, partition, offset)
+
+    watch = FoldWatch(index, fresh)
+    materializer = Materializer(config, publish=board.update, observer=watch)
+    producer = AckedProducer(kafka)
     view = MaterializedView(board, settings.partitions)
-    readiness = owns_every_partition(
-        view.readiness, lambda: set(board.snapshot.readable), settings.partitions
+    directory = Directory()
+    members = Membership(
+        kafka,
+        settings.command_members_topic,
+        instance,
+        url,
+        lambda: describe_self(view),
+        directory,
     )
+    cluster = Cluster(instance, url, settings.partitions, directory)
+
+    def readiness() -> Readiness:
+        ready = cluster.readiness(view.readiness())
+        if ready.ready and not index.caught_up:
+            return Readiness(False, ("idempotency keys: reading the idempotency topic",))
+        return ready
+
+    def held_since(partition: int) -> float | None:
+        part = board.snapshot.held.get(partition)
+        if part is None or part.phase != Phase.CAUGHT_UP:
+            return None
+        return time.monotonic() - (time.time() - part.assigned_at)
 
     def caught_up_at(order_id: str) -> float:
         held = board.snapshot.held.get(partition_for(order_id.encode(), settings.partitions))
@@ -68,25 +119,44 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
         ViewStates(view),
         KafkaEventLog(producer, settings.events_topic),
         readiness,
+        confirmer=watch,
+        keys=index,
+        partitions=settings.partitions,
+        held_since=held_since,
         ack_timeout=producer.message_timeout + _ACK_MARGIN,
         command_timeout=settings.command_timeout_s,
         caught_up_at=caught_up_at,
     )
+    handlers.append(handler)
+
+    def assignment_changed() -> None:
+        held = set(board.snapshot.held)
+        watch.revoked(held)
+        handler.released(held)
+
+    board.listeners.extend([members.changed, assignment_changed])
     app = create_command_app(
-        handler, api_token=settings.api_token or None, max_body_bytes=settings.max_body_bytes
+        handler,
+        cluster=cluster,
+        api_token=settings.api_token or None,
+        max_body_bytes=settings.max_body_bytes,
     )
     workers: dict[str, Worker] = {
+        "idempotency-index": index,
         "materializer": materializer,
         "producer": producer,
         "overlay-pruner": OverlayPruner(handler),
+        "members": members,
     }
     if simulator_rate > 0:
         workers["simulator"] = Simulator(handler, simulator_rate)
-    url = f"http://{settings.host}:{settings.command_port}"
 
     def started() -> None:
         log.info(
-            "command service listening url=%s docs=%s/docs group=%s simulator_rate=%s auth=%s",
+            "command service listening on %s:%d advertised_url=%s docs=%s/docs group=%s "
+            "simulator_rate=%s auth=%s",
+            settings.host,
+            settings.command_port,
             url,
             url,
             settings.command_application_id,

@@ -19,6 +19,7 @@ from es_orders.domain.decider import (
 )
 from es_orders.domain.events import (
     Event,
+    Idempotency,
     OrderCancelled,
     OrderCreated,
     PriceChanged,
@@ -46,6 +47,7 @@ __all__ = [
     "Event",
     "Evolved",
     "FoldResult",
+    "Idempotency",
     "InvalidCommandError",
     "OrderAlreadyExistsError",
     "OrderCancelled",

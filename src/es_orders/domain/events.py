@@ -29,6 +29,21 @@ Quantity = Annotated[int, msgspec.Meta(ge=MIN_QUANTITY, le=MAX_INT)]
 Price = Annotated[int, msgspec.Meta(ge=MIN_PRICE, le=MAX_INT, description="In minor units.")]
 Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
 Instant = Annotated[datetime, msgspec.Meta(tz=True)]
+# An Idempotency-Key: what RFC 9110 allows in a field value, printable ASCII, bounded.
+MAX_IDEMPOTENCY_KEY = 255
+IdempotencyKeyText = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern=r"^[\x21-\x7e]+$")
+]
+
+
+class Idempotency(msgspec.Struct, frozen=True, gc=False):
+    """The client's ``Idempotency-Key`` an event was appended for, and the digest of the
+    request it came with: a retry with the key is answered from the event, and the same key
+    with another request is refused. Only events the command service appended for a request
+    with that header carry it."""
+
+    key: str
+    digest: str
 
 
 class OrderCreated(msgspec.Struct, frozen=True, gc=False):
@@ -43,6 +58,7 @@ class OrderCreated(msgspec.Struct, frozen=True, gc=False):
     product_id: str | None
     quantity: int | None
     price: int | None
+    idempotency: Idempotency | None = None
 
 
 class PriceChanged(msgspec.Struct, frozen=True, gc=False):
@@ -51,6 +67,7 @@ class PriceChanged(msgspec.Struct, frozen=True, gc=False):
     version: int
     occurred_at: datetime
     price: int
+    idempotency: Idempotency | None = None
 
 
 class QuantityChanged(msgspec.Struct, frozen=True, gc=False):
@@ -59,6 +76,7 @@ class QuantityChanged(msgspec.Struct, frozen=True, gc=False):
     version: int
     occurred_at: datetime
     quantity: int
+    idempotency: Idempotency | None = None
 
 
 class ProductChanged(msgspec.Struct, frozen=True, gc=False):
@@ -67,6 +85,7 @@ class ProductChanged(msgspec.Struct, frozen=True, gc=False):
     version: int
     occurred_at: datetime
     product_id: str
+    idempotency: Idempotency | None = None
 
 
 class OrderCancelled(msgspec.Struct, frozen=True, gc=False):
@@ -75,6 +94,7 @@ class OrderCancelled(msgspec.Struct, frozen=True, gc=False):
     version: int
     occurred_at: datetime
     reason: str
+    idempotency: Idempotency | None = None
 
 
 Event = OrderCreated | PriceChanged | QuantityChanged | ProductChanged | OrderCancelled

@@ -137,11 +137,15 @@ ORDER_CANCELLED = ProblemKind("order-cancelled", 409, "Order is cancelled")
 VERSION_CONFLICT = ProblemKind("version-conflict", 412, "Version conflict")
 PAYLOAD_TOO_LARGE = ProblemKind("payload-too-large", 413, "Payload too large")
 VALIDATION_ERROR = ProblemKind("validation-error", 422, "Invalid request")
+IDEMPOTENCY_KEY_REUSED = ProblemKind(
+    "idempotency-key-reused", 422, "Idempotency-Key used for another request"
+)
 NOT_READY = ProblemKind("not-ready", 503, "Not ready")
 PARTITION_UNAVAILABLE = ProblemKind("partition-unavailable", 503, "Partition unavailable")
 WRITE_NOT_ACKNOWLEDGED = ProblemKind("write-not-acknowledged", 503, "Write not acknowledged")
 COMMAND_TIMEOUT = ProblemKind("command-timeout", 503, "Command timed out")
 ORDER_IN_DOUBT = ProblemKind("order-in-doubt", 503, "Order in doubt")
+ORDER_CONTENDED = ProblemKind("order-contended", 503, "Order contended")
 VERSION_NOT_VISIBLE = ProblemKind("version-not-visible", 503, "Version not visible yet")
 CATALOGUE = (
     UNAUTHORIZED,
@@ -151,11 +155,13 @@ CATALOGUE = (
     VERSION_CONFLICT,
     PAYLOAD_TOO_LARGE,
     VALIDATION_ERROR,
+    IDEMPOTENCY_KEY_REUSED,
     NOT_READY,
     PARTITION_UNAVAILABLE,
     WRITE_NOT_ACKNOWLEDGED,
     COMMAND_TIMEOUT,
     ORDER_IN_DOUBT,
+    ORDER_CONTENDED,
     VERSION_NOT_VISIBLE,
 )
 

@@ -82,17 +82,28 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
-def members_topic_spec(settings: Settings) -> TopicSpec:
-    """The query instances' members topic: one partition, so one order of claims; the
-    latest record per instance is all that counts, and a day bounds what a killed
-    instance leaves behind (its records age out of every reader within seconds)."""
-    config = {
-        "cleanup.policy": "compact,delete",
-        "retention.ms": str(24 * 3600 * 1000),
-        "segment.ms": str(3600 * 1000),
-        "min.compaction.lag.ms": "0",
-    }
-    return TopicSpec(settings.members_topic, 1, settings.replication_factor, config)
+_ONE_DAY_COMPACTED = {
+    "cleanup.policy": "compact,delete",
+    "retention.ms": str(24 * 3600 * 1000),
+    "segment.ms": str(3600 * 1000),
+    "min.compaction.lag.ms": "0",
+}
+
+
+def members_topic_spec(settings: Settings, topic: str | None = None) -> TopicSpec:
+    """A members topic (the query instances', or ``topic``): one partition, so one order
+    of claims; the latest record per instance is all that counts, and a day bounds what a
+    killed instance leaves behind (its records age out of every reader within seconds)."""
+    name = topic if topic is not None else settings.members_topic
+    return TopicSpec(name, 1, settings.replication_factor, dict(_ONE_DAY_COMPACTED))
+
+
+def idempotency_topic_spec(settings: Settings) -> TopicSpec:
+    """The command instances' Idempotency-Key outcomes: one partition, read whole by every
+    instance; compacted per (order, key), and deleted after the day a key is kept."""
+    return TopicSpec(
+        settings.idempotency_topic, 1, settings.replication_factor, dict(_ONE_DAY_COMPACTED)
+    )
 
 
 def ensure_topics(

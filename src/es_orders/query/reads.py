@@ -34,7 +34,6 @@ from es_orders.query.routing import (
     Forwarded,
     OwnerUnreachableError,
 )
-from es_orders.runtime.status import NONE_HELD
 from es_orders.runtime.views import OrderView, PartitionNotHeldError, Readiness
 
 Rows = list[tuple[str, bytes]]
@@ -237,14 +236,7 @@ class ClusterReads:
     def readiness(self) -> Readiness:
         """This instance's readiness; one whose workers hold no partition (more instances
         than partitions) is ready while other instances hold every partition."""
-        local = self._view.readiness()
-        if local.ready or local.waiting_for != (NONE_HELD,):
-            return local
-        cluster = self._cluster
-        missing = [n for n in range(cluster.partitions) if cluster.owner(n) is None]
-        if missing:
-            return Readiness(False, (f"partitions {missing}: held by no instance",))
-        return Readiness(True, (), {})
+        return self._cluster.readiness(self._view.readiness())
 
     def members(self) -> ClusterModel:
         """Every live member, this one from its own board (fresher than its record)."""

@@ -23,6 +23,8 @@ from yarl import URL
 
 from es_orders.kafka.partitioner import partition_for
 from es_orders.query.members import Directory, Member
+from es_orders.runtime.status import NONE_HELD
+from es_orders.runtime.views import Readiness
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,23 @@ SERVED_BY = "Served-By"
 # Beyond what the request itself may wait (``wait``): connecting and answering.
 FORWARD_TIMEOUT = 2.0
 # What a forwarded answer keeps of the owner's headers.
-RELAYED_HEADERS = ("Content-Type", "ETag", "Retry-After", "Link", SERVED_BY)
+RELAYED_HEADERS = (
+    "Content-Type",
+    "ETag",
+    "Retry-After",
+    "Link",
+    "Location",
+    "Idempotent-Replayed",
+    SERVED_BY,
+)
 
 
 class OwnerUnreachableError(Exception):
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(self, url: str, reason: str, *, sent: bool = True) -> None:
         super().__init__(f"the instance holding it, {url}, did not answer: {reason}")
         self.url = url
+        # False: the request never reached it (no connection); True: it may have.
+        self.sent = sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +84,17 @@ class Cluster:
         """Another live instance that holds ``partition``, or None."""
         return self.directory.owner(partition, exclude=self.instance)
 
+    def readiness(self, local: Readiness) -> Readiness:
+        """An instance's readiness given its own (``local``): one whose workers hold no
+        partition (more instances than partitions) is ready while other instances hold
+        every partition."""
+        if local.ready or local.waiting_for != (NONE_HELD,):
+            return local
+        missing = [n for n in range(self.partitions) if self.owner(n) is None]
+        if missing:
+            return Readiness(False, (f"partitions {missing}: held by no instance",))
+        return Readiness(True, (), {})
+
     def session(self) -> aiohttp.ClientSession:
         # Made on first use, inside the server's event loop, and kept: connections to
         # the other instances stay open between requests.
@@ -97,8 +120,10 @@ class Cluster:
         headers: dict[str, str] | None = None,
         *,
         wait: float = 0.0,
+        method: str = "GET",
+        body: bytes | None = None,
     ) -> Forwarded:
-        """GET ``path`` (already quoted) from the instance at ``url``;
+        """``method`` ``path`` (already quoted) at the instance at ``url``;
         ``OwnerUnreachableError`` if it does not answer in time (what the request itself
         may wait, plus ``timeout``)."""
         timeout = aiohttp.ClientTimeout(total=self.timeout + wait)
@@ -106,10 +131,15 @@ class Cluster:
         # letting the client requote it could turn "%2F" into a path separator.
         target = URL(url + path + (f"?{urlencode(params)}" if params else ""), encoded=True)
         try:
-            async with self.session().get(target, headers=headers, timeout=timeout) as response:
-                body = await response.read()
+            async with self.session().request(
+                method, target, headers=headers, data=body, timeout=timeout
+            ) as response:
+                answer = await response.read()
                 kept = {k: response.headers[k] for k in RELAYED_HEADERS if k in response.headers}
-                return Forwarded(response.status, kept, body)
+                return Forwarded(response.status, kept, answer)
+        except aiohttp.ClientConnectorError as exc:
+            log.debug("forward to %s failed: %r", url, exc)
+            raise OwnerUnreachableError(url, type(exc).__name__, sent=False) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.debug("forward to %s failed: %r", url, exc)
             raise OwnerUnreachableError(url, type(exc).__name__) from exc

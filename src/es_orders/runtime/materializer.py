@@ -30,7 +30,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from es_orders.kafka.records import position_of
-from es_orders.projection import Stored, fold_record
+from es_orders.projection import RecordFolded, Stored, fold_record
 from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.checkpoint import checkpoint
@@ -98,6 +98,19 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
 
+class FoldObserver(Protocol):
+    """Watches a fold from its thread: told of every record folded (a dead letter aside),
+    and asked at each checkpoint for records to write with it, which the checkpoint has
+    acknowledged before it commits the store. The command service learns from it which of
+    its events the log applied, and keeps its Idempotency-Keys."""
+
+    def folded(self, partition: int, offset: int, folded: RecordFolded) -> None: ...
+
+    def checkpointing(self) -> list[tuple[str, bytes, bytes | None]]:
+        """Records (topic, key, value) to write with the checkpoint about to be made."""
+        ...
+
+
 _LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
 
 
@@ -124,6 +137,7 @@ class Materializer:
         publish: Callable[[WorkerStatus], None],
         stop: StopFlag | None = None,
         index: int = 0,
+        observer: FoldObserver | None = None,
     ) -> None:
         self.config = config
         self.counters = Counters()
@@ -131,6 +145,7 @@ class Materializer:
         self._publish = publish
         self._stop: StopFlag = stop if stop is not None else threading.Event()
         self._index = index
+        self._observer = observer
         self._consumer: Consumer | None = None
         self._replicator: Replicator | None = None
         self._restorer: Consumer | None = None
@@ -322,6 +337,9 @@ class Materializer:
         assert self._replicator and self._consumer and self._assignment
         for message, error in batch.dead:
             self._replicator.dead_letter(message, error)
+        if self._observer is not None:
+            for topic, key, value in self._observer.checkpointing():
+                self._replicator.extra(topic, key, value)
         done = checkpoint(
             replicator=self._replicator,
             consumer=self._consumer,
@@ -352,6 +370,7 @@ class Materializer:
         partitions = assignment.partitions
         consumed = replayed = duplicates = 0
         number, part = -1, None
+        observe = self._observer.folded if self._observer is not None else None
         for message in records:
             error = message.error()
             if error is not None:
@@ -378,6 +397,8 @@ class Materializer:
                 # Sent with the checkpoint, and only if the partition is still ours then.
                 dead.append((message, str(folded.error)))
                 continue
+            if observe is not None:
+                observe(number, offset, folded)
             replayed += folded.replayed
             duplicates += folded.duplicates
             if folded.gaps:

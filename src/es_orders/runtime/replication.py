@@ -92,6 +92,10 @@ class Replicator:
         headers = [*header_list(message), ("error", error.encode()), ("source", source.encode())]
         self._produce(self._dlq_topic, message.key(), message.value(), headers, self._acks.on_ack)
 
+    def extra(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Produce a record to another topic, acknowledged by the next ``flush``."""
+        self._produce(topic, key, value, [], self._acks.on_ack)
+
     def flush(self, timeout: float = 60) -> dict[int, int]:
         """Wait for every record; return, per partition, the changelog offset after the last."""
         acks, self._acks = self._acks, _Acks()
