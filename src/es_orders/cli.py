@@ -168,6 +168,13 @@ def command(
     rate: RateOption = None,
     simulate: SimulateOption = True,
     state_dir: StateDirOption = None,
+    advertised_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the other command instances reach this one "
+            "(default http://HOST:PORT; env ES_ORDERS_ADVERTISED_URL).",
+        ),
+    ] = None,
 ) -> None:
     """Run the command service: validate commands, append order events, simulate traffic."""
     from es_orders.command.service import run_command_service
@@ -177,6 +184,7 @@ def command(
         bootstrap_servers=bootstrap_servers,
         simulator_rate=rate,
         state_dir=state_dir,
+        advertised_url=advertised_url,
     )
     try:
         _exit(
@@ -208,6 +216,15 @@ def up(
             max=16,
             help="Query service instances, on consecutive ports; any of them answers for "
             "every order.",
+        ),
+    ] = 1,
+    command_instances: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Command service instances, on consecutive ports down from the command "
+            "port (8886, 8885, ...); any of them takes a command on any order.",
         ),
     ] = 1,
     rate: RateOption = None,
@@ -246,6 +263,7 @@ def up(
         engine=_engine(engine),
         data_dir=data_dir,
         query_instances=query_instances,
+        command_instances=command_instances,
     )
     _exit(run_up(options))
 

@@ -54,9 +54,14 @@ class UpOptions:
     engine: Engine = "auto"
     data_dir: Path | None = None  # the started broker's data, kept across runs
     query_instances: int = 1  # on consecutive ports from settings.query_port
+    command_instances: int = 1  # on consecutive ports down from settings.command_port
 
     def query_ports(self) -> list[int]:
         return [self.settings.query_port + i for i in range(self.query_instances)]
+
+    def command_ports(self) -> list[int]:
+        # Downwards: the query instances take the ports above the default command port.
+        return [self.settings.command_port - i for i in range(self.command_instances)]
 
 
 class _Service:
@@ -85,19 +90,28 @@ def _query_name(index: int, count: int) -> str:
     return "query service" if count == 1 else f"query service {index + 1}"
 
 
+def _command_name(index: int, count: int) -> str:
+    return "command service" if count == 1 else f"command service {index + 1}"
+
+
 def _check_ports(options: UpOptions) -> None:
     settings = options.settings
-    query_ports = options.query_ports()
-    wanted = {"command service": settings.command_port}
+    query_ports, command_ports = options.query_ports(), options.command_ports()
+    wanted: dict[str, int] = {}
+    for i, port in enumerate(command_ports):
+        wanted[_command_name(i, len(command_ports))] = port
     for i, port in enumerate(query_ports):
         wanted[_query_name(i, len(query_ports))] = port
-    if settings.command_port in query_ports:
+    if shared := sorted(set(command_ports) & set(query_ports)):
         raise SupervisorError(
-            f"the command service's port {settings.command_port} is also a query service's "
-            f"(query ports: {query_ports[0]}-{query_ports[-1]})"
+            f"port {shared[0]} would be a command service's and a query service's "
+            f"(command ports: {command_ports[-1]}-{command_ports[0]}, "
+            f"query ports: {query_ports[0]}-{query_ports[-1]})"
         )
     if query_ports[-1] > 65535:
         raise SupervisorError(f"query ports from {query_ports[0]} run past 65535")
+    if command_ports[-1] < 1:
+        raise SupervisorError(f"command ports down from {command_ports[0]} run below 1")
     for what, port in wanted.items():
         if not port_is_free(port, settings.host):
             raise SupervisorError(f"port {port} for the {what} is taken on {settings.host}")
@@ -219,9 +233,20 @@ def _start_everything(
         return broker, bootstrap
     env = _child_env(options, broker, bootstrap, state_dir)
     host = _client_host(settings.host)
-    services.start(
-        "command service", "command", "command", env, f"http://{host}:{settings.command_port}"
-    )
+    commands = options.command_ports()
+    for i, port in enumerate(commands):
+        command_env = {**env, "ES_ORDERS_COMMAND_PORT": str(port)}
+        if len(commands) > 1:
+            # Instances of one group, each with its own view: the partitions are split
+            # between them, and each forwards a command to the holder of its order. The
+            # simulator runs in the first, and sends the others' orders to them.
+            command_env["ES_ORDERS_STATE_DIR"] = str(state_dir / f"command-{i + 1}")
+            if i > 0:
+                command_env["ES_ORDERS_SIMULATOR_RATE"] = "0"
+        label = "command" if len(commands) == 1 else f"cmd-{i + 1}"
+        services.start(
+            _command_name(i, len(commands)), label, "command", command_env, f"http://{host}:{port}"
+        )
     ports = options.query_ports()
     for i, port in enumerate(ports):
         name = _query_name(i, len(ports))

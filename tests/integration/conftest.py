@@ -134,14 +134,16 @@ def start_query(
 def start_command(
     broker: Broker, topics: dict[str, str], topic_prefix: str, tmp_path: Path
 ) -> Iterator[Callable[..., Service]]:
-    """``start_command(*args)``: the command service on this test's events topic (its own
-    state directory); each is SIGKILLed at the end of the test if still running."""
+    """``start_command(*args, **env)``: the command service on this test's events topic
+    (its own state directory, unless ``ES_ORDERS_STATE_DIR`` in ``env`` names another),
+    with ``ES_ORDERS_*`` from ``env`` on top; each is SIGKILLed at the end of the test if
+    still running."""
     started: list[Service] = []
     assert topics["events"] == f"{topic_prefix}-events"
     env = service_env(broker.bootstrap_servers, topic_prefix, tmp_path / "command-state")
 
-    def start(*args: str) -> Service:
-        service = Service("command", env, tmp_path, *args)
+    def start(*args: str, **extra_env: str) -> Service:
+        service = Service("command", {**env, **extra_env}, tmp_path, *args)
         started.append(service)
         return service
 

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 
 from es_orders.brokers import Broker
 from es_orders.domain import OrderCreated, PriceChanged
+from es_orders.kafka.partitioner import partition_for
 from tests.integration.runtime_support import read_all
 from tests.integration.service_support import Service, events_of, service_env
 
@@ -88,11 +89,15 @@ def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
 def test_create_and_change_answer_with_versions(system: System, order_id: str) -> None:
     created = system.create(order_id)
     assert created.status_code == 201
-    assert created.json() == {"id": order_id, "version": 1}
+    body = created.json()
+    partition = partition_for(order_id.encode(), 3)
+    assert (body["id"], body["version"], body["partition"]) == (order_id, 1, partition)
     assert created.headers["location"] == f"/orders/{order_id}"
 
     changed = system.post(f"/orders/{order_id}/price", {"price": 1199}, **{"If-Match": '"1"'})
-    assert changed.json() == {"id": order_id, "version": 2}
+    assert changed.json()["version"] == 2
+    assert changed.json()["partition"] == partition
+    assert changed.json()["offset"] > body["offset"]
     for path, body in [("quantity", {"quantity": 3}), ("product", {"product_id": "58"})]:
         assert system.post(f"/orders/{order_id}/{path}", body).status_code == 200
     mine = httpx.get(f"{system.command.url}/orders/{order_id}")

@@ -116,7 +116,7 @@ def create_orders(command: Service, ids: list[str]) -> None:
         body = {"id": order_id, **ORDER}
         response = httpx.post(f"{command.url}/orders", json=body, timeout=30)
         assert response.status_code == 201, (order_id, response.status_code, response.text)
-        assert response.json() == {"id": order_id, "version": 1}
+        assert response.json()["version"] == 1
 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(create, ids))

@@ -34,9 +34,11 @@ class Up(ServiceProcess):
         tmp_path: Path,
         *args: str,
         query_port: int | None = None,
+        command_port: int | None = None,
         env_extra: dict[str, str] | None = None,
     ) -> None:
-        self.command_port, self.query_port = free_port(), query_port or free_port()
+        self.command_port = command_port or free_port()
+        self.query_port = query_port or free_port()
         self.kafka_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ES_ORDERS_")}
         env.update(env_extra or {})
@@ -241,21 +243,25 @@ def _is_free(port: int) -> bool:
     return True
 
 
-def test_up_runs_several_query_instances_that_each_answer_for_every_order(
+def test_up_runs_several_instances_that_each_answer_for_every_order(
     tmp_path: Path, broker: Broker
 ) -> None:
     first = _free_ports_in_a_row(3)
+    commands = _free_ports_in_a_row(2)
     up = Up(
         tmp_path,
         "--query-instances",
         "3",
+        "--command-instances",
+        "2",
         "--rate",
         "5",
         query_port=first,
+        command_port=commands + 1,  # and the port below it
         env_extra={"ES_ORDERS_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
     )
     try:
-        up.wait_up(processes=4)  # the command service and three query instances
+        up.wait_up(processes=5)  # two command instances and three query instances
         urls = [f"http://127.0.0.1:{first + i}" for i in range(3)]
         text = up.log_tail(100_000)
         for i, url in enumerate(urls):
@@ -285,9 +291,26 @@ def test_up_runs_several_query_instances_that_each_answer_for_every_order(
                     response = httpx.get(f"{url}/orders/{order_id}")
                 served.add(response.headers["served-by"])
             assert len(served) == 1 and served <= set(urls), served
+        # Each command instance takes a command on any order: one holds it, the other
+        # forwards it there.
+        command_urls = [f"http://127.0.0.1:{commands + 1}", f"http://127.0.0.1:{commands}"]
+        deciders = set()
+        for url in command_urls:
+            deadline = time.monotonic() + 30
+            while True:
+                response = httpx.post(f"{url}/orders/1/quantity", json={"quantity": 7})
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+                assert time.monotonic() < deadline, response.text
+                time.sleep(0.2)
+            deciders.add(response.headers["served-by"])
+        assert len(deciders) == 1 and deciders <= set(command_urls), deciders
         lines = up.log_tail(100_000).splitlines()
         for i in range(3):
             assert any(line.startswith(f"query-{i + 1} | ") for line in lines)
+        for i in range(2):
+            assert any(line.startswith(f"cmd-{i + 1}   | ") for line in lines)
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(60) == 0, up.log_tail()
     finally:

@@ -11,6 +11,7 @@ from es_orders.command.adapters import KafkaEventLog, ViewStates
 from es_orders.command.api import create_command_app
 from es_orders.command.confirm import FoldWatch, IdempotencyIndex
 from es_orders.command.handler import CommandHandler, OverlayPruner
+from es_orders.command.remote import RemoteCommands
 from es_orders.command.simulator import Simulator
 from es_orders.config import Settings
 from es_orders.domain import OrderState
@@ -129,10 +130,15 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
     )
     handlers.append(handler)
 
+    last_held: list[set[int]] = [set()]
+
     def assignment_changed() -> None:
+        # The board publishes progress several times a second: act on changes only.
         held = set(board.snapshot.held)
-        watch.revoked(held)
-        handler.released(held)
+        if held != last_held[0]:
+            last_held[0] = held
+            watch.revoked(held)
+            handler.released(held)
 
     board.listeners.extend([members.changed, assignment_changed])
     app = create_command_app(
@@ -149,7 +155,8 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
         "members": members,
     }
     if simulator_rate > 0:
-        workers["simulator"] = Simulator(handler, simulator_rate)
+        remote = RemoteCommands(cluster, settings.api_token or None)
+        workers["simulator"] = Simulator(handler, simulator_rate, remote=remote)
 
     def started() -> None:
         log.info(

@@ -4,7 +4,8 @@ Like the original Kotlin demo, it creates the orders it drives first (unless the
 say after a restart against a kept broker) and then changes price, quantity or product
 of a random one. Commands go through the same ``CommandHandler`` as HTTP clients, so
 every simulated event is a valid one; a refusal (a cancelled order, a 503) is logged at
-debug level and skipped.
+debug level and skipped. Orders in partitions another command instance holds are sent
+to it over HTTP (``remote``), as a client's would be forwarded.
 
 The schedule is fixed in monotonic time (command ``n`` is due at ``start + n / rate``),
 so sleeping late never lowers the rate. Commands go one at a time from one thread: each
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from es_orders.command.errors import CommandUnavailableError
 from es_orders.command.handler import CommandHandler
+from es_orders.command.remote import RemoteCommands
 from es_orders.domain import (
     ChangePrice,
     ChangeProduct,
@@ -48,6 +50,7 @@ class SimulatorCounters:
     no_ops: int = 0
     refused: int = 0
     unavailable: int = 0
+    forwarded: int = 0  # sent to the instance holding the order
     skipped: int = 0  # commands dropped from the schedule because it fell behind
 
 
@@ -62,6 +65,7 @@ class Simulator:
         order_ids: tuple[str, ...] = SEED_ORDER_IDS,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remote: RemoteCommands | None = None,
     ) -> None:
         if rate <= 0:
             raise ValueError(f"the simulator needs a positive rate, got {rate}")
@@ -71,6 +75,7 @@ class Simulator:
         self._order_ids = order_ids
         self._rng = rng or random.Random()
         self._clock = clock
+        self._remote = remote
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -94,16 +99,33 @@ class Simulator:
     def _seed(self) -> None:
         """Create each order that does not exist yet; retry while the service cannot."""
         for order_id in self._order_ids:
-            while not self._stop.is_set() and self._handler.current(order_id) is None:
+            while not self._stop.is_set():
                 try:
-                    self._handler.handle(self._create(order_id))
+                    status = self._execute(self._create(order_id))
                 except OrderAlreadyExistsError:
                     break
                 except (DomainError, CommandUnavailableError) as exc:
                     log.warning("simulator cannot create order=%s error=%s", order_id, exc)
                     self._stop.wait(1.0)
-                else:
-                    log.info("simulator created order=%s", order_id)
+                    continue
+                if status in {200, 201, 409}:
+                    if status == 201:
+                        log.info("simulator created order=%s", order_id)
+                    break
+                log.warning("simulator cannot create order=%s status=%s", order_id, status)
+                self._stop.wait(1.0)
+
+    def _execute(self, command: Command) -> int:
+        """Decide ``command`` here, or send it to the instance holding its order: the HTTP
+        status it had (200 for an event appended here, 204 for a no-op here)."""
+        handler = self._handler
+        if self._remote is not None and not handler.holds(handler.partition_of(command.order_id)):
+            self.counters.forwarded += 1
+            return self._remote.send(command).status_code
+        accepted = handler.handle(command)
+        if accepted.version == 1 and accepted.appended:
+            return 201
+        return 200 if accepted.appended else 204
 
     def _create(self, order_id: str) -> CreateOrder:
         rng = self._rng
@@ -148,7 +170,7 @@ class Simulator:
 
     def _send(self, command: Command) -> None:
         try:
-            accepted = self._handler.handle(command)
+            status = self._execute(command)
         except DomainError as exc:
             self._count(refused=1)
             log.debug("simulated command refused command=%s error=%s", command, exc)
@@ -156,7 +178,13 @@ class Simulator:
             self._count(unavailable=1)
             log.debug("simulated command not taken command=%s error=%s", command, exc)
         else:
-            self._count(appended=accepted.appended, no_ops=int(accepted.appended == 0))
+            if status >= 500:
+                self._count(unavailable=1)
+            elif status >= 400:
+                self._count(refused=1)
+            else:
+                # A forwarded 200 does not say whether it appended: counted as appended.
+                self._count(appended=int(status != 204), no_ops=int(status == 204))
 
     def _count(
         self, *, appended: int = 0, no_ops: int = 0, refused: int = 0, unavailable: int = 0
