@@ -15,7 +15,12 @@ phase on topics of its own, measures:
   answered locally as the baseline (``interactive``);
 - command-to-visible latency through the command and query services (``interactive``);
 - the same restore with a quixstreams application (``quix`` runs ``quix_app``);
-- consumer group join and rebalances, classic protocol and KIP-848 (``groups``).
+- consumer group join and rebalances, classic protocol and KIP-848 (``groups``);
+- command latency through two command instances sharing the partitions, each command to
+  either (so about half are forwarded), at a fixed rate, and the most commands a second
+  they sustain with p99 <= 100 ms (``commands``).
+
+``--only PHASE`` (repeatable) runs some phases alone, e.g. ``--only commands``.
 
 Every process it starts is a child in a session of its own, stopped by PID when its phase
 ends or fails; all traffic stays on 127.0.0.1.

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from benchmarks.context import PHASES
 from benchmarks.run import bench_options, run_bench
 from es_orders.cli import EngineName
 
@@ -56,6 +57,39 @@ def bench(
     seconds: Annotated[
         float | None, typer.Option(help="Length of each latency measure (5 s).")
     ] = None,
+    commands_orders: Annotated[
+        int | None,
+        typer.Option(help="Orders the commands phase creates, then changes (1,000)."),
+    ] = None,
+    commands_seconds: Annotated[
+        float | None,
+        typer.Option(help="Length of the commands phase's fixed-rate window (15 s)."),
+    ] = None,
+    commands_warm_up: Annotated[
+        float | None,
+        typer.Option(
+            help="Commands at that rate before it, unmeasured (60 s): a fresh broker's JIT "
+            "warms up."
+        ),
+    ] = None,
+    commands_step: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Offered rates (commands/s) the commands phase steps up through, one per "
+            "use of the flag, rising (100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 2500, "
+            "3000, 4000)."
+        ),
+    ] = None,
+    commands_step_seconds: Annotated[
+        float | None, typer.Option(help="Length of each commands step (8 s).")
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Run only this phase, one per use of the flag: {', '.join(PHASES)}. "
+            "The table then shows only their figures."
+        ),
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="A tiny run, as a smoke test.")] = False,
     engine: Annotated[
         EngineName, typer.Option(help="The broker to measure on (auto: Kafka, else Tansu).")
@@ -65,7 +99,7 @@ def bench(
     ),
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, ...")] = "INFO",
 ) -> None:
-    """Benchmark fold, restore and latencies on a fresh broker, next to quixstreams."""
+    """Benchmark fold, restore, latencies and commands on a fresh broker, next to quixstreams."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s %(message)s"
     )
@@ -83,6 +117,12 @@ def bench(
             partitions=partitions,
             seconds=seconds,
             engine=engine.value,
+            only=only,
+            commands_orders=commands_orders,
+            commands_seconds=commands_seconds,
+            commands_warm_up_seconds=commands_warm_up,
+            commands_step_rates=commands_step,
+            commands_step_seconds=commands_step_seconds,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None

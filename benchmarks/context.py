@@ -28,6 +28,40 @@ def fold_key(workload: Workload, workers: int) -> str:
     return f"fold.{workload.name}.workers_{workers}"
 
 
+# The phases of a run, in the order they run; ``--only`` picks some of them.
+PHASES = (
+    "fold",
+    "memory",
+    "restore",
+    "query-latency",
+    "forwarded-latency",
+    "command-to-visible",
+    "groups",
+    "commands",
+)
+# Which phase measures a figure or a detail, by the start of its key (the longest
+# prefix that matches wins).
+_PHASE_OF_PREFIX = {
+    "fold.": "fold",
+    "quix.fold.": "fold",
+    "memory.": "memory",
+    "restore.": "restore",
+    "quix.restore.": "restore",
+    "latency.": "query-latency",
+    "latency.forwarded.": "forwarded-latency",
+    "latency.local.": "forwarded-latency",
+    "command.": "command-to-visible",
+    "groups.": "groups",
+    "commands.": "commands",
+}
+
+
+def phase_of(key: str) -> str | None:
+    """The phase that measures the figure or detail ``key`` (None: none of them)."""
+    matches = [prefix for prefix in _PHASE_OF_PREFIX if key.startswith(prefix)]
+    return _PHASE_OF_PREFIX[max(matches, key=len)] if matches else None
+
+
 def memory_key(orders: int) -> str:
     """The prefix of one memory run's figures, e.g. ``memory.orders_200000``."""
     return f"memory.orders_{orders}"
@@ -65,7 +99,36 @@ class BenchOptions:
     latency_max_events: int = 2_000_000
     # Join, rebalance and leave of a consumer group, this often per group protocol.
     group_trials: int = 5
+    # Commands through two command instances (bench/commands.py): each to one of the
+    # two at random, on ``commands_orders`` orders created first. A warm-up, then
+    # ``commands_seconds`` at ``commands_rate``; then open-loop steps of
+    # ``commands_step_seconds`` each at these rates, up to the first that fails.
+    commands_orders: int = 1_000
+    commands_rate: float = 200.0
+    # At 200 commands/s a freshly started broker (``--only commands``) used 0.9 of a core
+    # for the first 30-40 s, then 0.3-0.4 once its JIT had compiled the paths commands
+    # take (after a 30 s warm-up it still used 0.6 in the window); the p99 went from
+    # 110-150 ms to 60-113 ms. Measured once warm, as when the phase follows the others.
+    commands_warm_up_seconds: float = 60.0
+    commands_seconds: float = 15.0
+    commands_step_rates: tuple[float, ...] = (
+        100.0,
+        150.0,
+        200.0,
+        300.0,
+        500.0,
+        750.0,
+        1_000.0,
+        1_500.0,
+        2_000.0,
+        2_500.0,
+        3_000.0,
+        4_000.0,
+    )
+    commands_step_seconds: float = 8.0
     engine: Engine = "kafka"
+    # The phases to run (``--only``), in PHASES' order; all of them by default.
+    phases: tuple[str, ...] = PHASES
 
     @classmethod
     def quick(cls) -> BenchOptions:
@@ -80,6 +143,12 @@ class BenchOptions:
             command_seconds=1.0,
             latency_max_events=30_000,
             group_trials=1,
+            commands_orders=100,
+            commands_warm_up_seconds=0.5,
+            commands_seconds=1.0,
+            # Low enough to pass on a busy machine: the smoke test wants a figure, not speed.
+            commands_step_rates=(10.0, 25.0),
+            commands_step_seconds=2.0,
         )
 
     def workloads(self) -> tuple[Workload, Workload]:
@@ -113,6 +182,22 @@ class BenchOptions:
             raise ValueError("phase durations must be positive")
         if self.group_trials < 1:
             raise ValueError("group trials must be at least 1")
+        unknown = [phase for phase in self.phases if phase not in PHASES]
+        if unknown or not self.phases:
+            raise ValueError(
+                f"--only takes phases among {', '.join(PHASES)} (got {', '.join(unknown)})"
+            )
+        if self.commands_orders < 1 or min(self.commands_rate, self.commands_seconds) <= 0:
+            raise ValueError("the commands phase needs orders, a rate and a duration")
+        steps = self.commands_step_rates
+        if not steps or min(steps) <= 0 or list(steps) != sorted(set(steps)):
+            raise ValueError(f"command step rates must rise, each positive (got {steps})")
+        if self.commands_step_seconds <= 0 or self.commands_warm_up_seconds < 0:
+            raise ValueError("command step and warm-up durations must be positive")
+
+    def runs(self, phase: str) -> bool:
+        """Whether this run measures ``phase`` (one of PHASES)."""
+        return phase in self.phases
 
 
 @dataclass(slots=True)
@@ -123,10 +208,19 @@ class Results:
     details: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     broker: str = ""  # which engine and version the run measured on
+    # Figures measured, but not as they claim to be (e.g. some requests failed, and the
+    # percentiles are of the rest only): key -> why. The report marks them invalid.
+    invalid: dict[str, str] = field(default_factory=dict)
 
     def note(self, text: str) -> None:
         log.warning("bench note: %s", text)
         self.notes.append(text)
+
+    def flag(self, keys: list[str], reason: str) -> None:
+        """Mark the figures ``keys`` invalid for ``reason`` (a note says so too)."""
+        for key in keys:
+            self.invalid.setdefault(key, reason)
+        self.note(f"invalid {', '.join(keys)}: {reason}")
 
 
 @dataclass(slots=True)
@@ -138,6 +232,8 @@ class Bench:
     results: Results = field(default_factory=Results)
     # ES_ORDERS_KAFKA__* the broker's engine wants its clients to have (Broker.client_env).
     client_env: dict[str, str] = field(default_factory=dict)
+    # The broker's processes (Broker.pids), for the CPU they use during a measure.
+    broker_pids: list[int] = field(default_factory=list)
 
     def topics(self, phase: str) -> TopicSet:
         """A fresh topic set for ``phase``, created with es-orders' explicit configs."""

@@ -59,12 +59,14 @@ def measure_query_latency(bench: Bench, fold_rate: float) -> None:
     """GET /orders/{id} at ``by_id_rate``, then GET /orders?limit=100, while folding.
 
     The service runs with ``workers`` fold workers; ``fold_rate`` is what as many folded
-    in the fold phase, and sizes the backlog that keeps them busy through both windows.
+    in the fold phase, and sizes the backlog that keeps them busy through both windows
+    (``math.inf`` when unknown: then ``latency_max_events``).
     """
     options = bench.options
     windows = 2 * options.latency_seconds
-    preload = int(fold_rate * windows * _PRELOAD_MARGIN) + 3 * options.orders
-    preload = max(options.events, min(preload, options.latency_max_events))
+    # ``fold_rate`` is infinite when unknown (the fold phase did not run): the most.
+    wanted = min(fold_rate * windows * _PRELOAD_MARGIN, options.latency_max_events)
+    preload = max(options.events, min(int(wanted) + 3 * options.orders, options.latency_max_events))
     topics = bench.topics("latency")
     records = encoded(order_events(options.orders, preload, 13))
     # Held back until the service's group has settled, as in the fold phase: the

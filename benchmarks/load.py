@@ -68,12 +68,13 @@ class _Connection:
 
 
 class ConnectionPool:
-    """Up to ``_CONNECTIONS`` connections to one loopback port, opened as needed."""
+    """Up to ``connections`` connections to one loopback port, opened as needed."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, connections: int = _CONNECTIONS) -> None:
         self._port = port
+        self._connections = connections
         self._idle: asyncio.Queue[_Connection | None] = asyncio.Queue()
-        for _ in range(_CONNECTIONS):
+        for _ in range(connections):
             self._idle.put_nowait(None)  # a free slot, connected on first use
         self._open: set[_Connection] = set()
 
@@ -104,7 +105,7 @@ class ConnectionPool:
 
     async def warm_up(self, path: str) -> None:
         """Open every connection before a measure, so none is opened during it."""
-        await asyncio.gather(*(self.request("GET", path) for _ in range(_CONNECTIONS)))
+        await asyncio.gather(*(self.request("GET", path) for _ in range(self._connections)))
 
     def close(self) -> None:
         for connection in self._open:

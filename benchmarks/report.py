@@ -14,7 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.context import BenchOptions, Results, fold_key, memory_key
+from benchmarks.commands import STEP_P99_MS, latency_key
+from benchmarks.context import PHASES, BenchOptions, Results, fold_key, memory_key, phase_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,9 @@ FOLD_GOALS = {"narrow": (200_000, 3.5), "wide": (100_000, 3.0)}
 # rows: test_fold_workers.py measured 134 MiB at peak with an 8 MiB cache.
 MEMORY_OVERHEAD_MIB = 160
 RESTORE_GOAL_S = 3.0
+# Two command instances, each command to either (bench/commands.py).
+COMMAND_P99_GOAL_MS = 30.0
+COMMAND_RATE_GOAL = 2_000
 
 LATER_FIGURES = (
     Figure("restore.cold.ready_s", "  ready, from process start", "s", "(incl. group join)"),
@@ -94,7 +98,12 @@ LATER_FIGURES = (
 
 
 def figures_for(options: BenchOptions) -> tuple[Figure, ...]:
-    """Every figure a run with ``options`` measures, in the table's order."""
+    """Every figure a run with ``options`` measures (of the phases it runs), in the
+    table's order."""
+    return tuple(f for f in _all_figures(options) if phase_of(f.key) in options.phases)
+
+
+def _all_figures(options: BenchOptions) -> tuple[Figure, ...]:
     restore = (
         Figure(
             "restore.cold.restore_s",
@@ -105,7 +114,33 @@ def figures_for(options: BenchOptions) -> tuple[Figure, ...]:
         ),
         Figure("restore.cold.restored_records", "  records restored", "records"),
     )
-    return (*_fold_figures(options), *_memory_figures(options), *restore, *LATER_FIGURES)
+    return (
+        *_fold_figures(options),
+        *_memory_figures(options),
+        *restore,
+        *LATER_FIGURES,
+        *_command_figures(options),
+    )
+
+
+def _command_figures(options: BenchOptions) -> Iterator[Figure]:
+    prefix, rate = latency_key(options.commands_rate), options.commands_rate
+    yield Figure(f"{prefix}.p50_ms", f"Command p50 at {rate:g}/s, 2 command instances", "ms")
+    yield Figure(
+        f"{prefix}.p99_ms",
+        "  p99 (each to either instance: ~half forwarded)",
+        "ms",
+        f"<= {COMMAND_P99_GOAL_MS:g} ms",
+        at_most=COMMAND_P99_GOAL_MS,
+    )
+    yield Figure(
+        "commands.max_rate",
+        f"  most commands/s with p99 <= {STEP_P99_MS:g} ms",
+        "commands/s",
+        f">= {COMMAND_RATE_GOAL:,}",
+        at_least=COMMAND_RATE_GOAL,
+    )
+    yield Figure("commands.max_rate_p99_ms", "  p99 at that rate", "ms")
 
 
 def _fold_figures(options: BenchOptions) -> Iterator[Figure]:
@@ -167,7 +202,32 @@ def checks_for(options: BenchOptions) -> tuple[tuple[str, str], ...]:
         checks.append((f"{key}.cache_entries", f"memory, {orders:,} orders: orders cached"))
         checks.append((f"{key}.cache_mib", f"memory, {orders:,} orders: cache, MiB"))
     checks.append(("memory.growth_mib", "memory: peak RSS, most orders minus fewest, MiB"))
-    return (*checks, *LATER_CHECKS)
+    checks += _command_checks(options)
+    return tuple(
+        (key, label) for key, label in (*checks, *LATER_CHECKS) if phase_of(key) in options.phases
+    )
+
+
+def _command_checks(options: BenchOptions) -> list[tuple[str, str]]:
+    prefix, rate = latency_key(options.commands_rate), f"{options.commands_rate:g}/s"
+    return [
+        ("commands.orders", "commands: orders changed"),
+        ("commands.partitions_of_instance_0", "commands: partitions instance 0 held (of both)"),
+        (f"{prefix}.requests", f"commands at {rate}: sent"),
+        (f"{prefix}.status_200", f"commands at {rate}: answered 200"),
+        (f"{prefix}.errors", f"commands at {rate}: not 2xx or unanswered (must be 0)"),
+        (f"{prefix}.forwarded_share", f"commands at {rate}: share forwarded"),
+        (f"{prefix}.achieved_per_s", f"commands at {rate}: 2xx a second"),
+        (f"{prefix}.generator_lag_p99_ms", f"commands at {rate}: generator late p99, ms"),
+        (f"{prefix}.cpu.generator_cores", f"commands at {rate}: cores, load generator"),
+        (f"{prefix}.cpu.command_0_cores", f"commands at {rate}: cores, instance 0"),
+        (f"{prefix}.cpu.command_1_cores", f"commands at {rate}: cores, instance 1"),
+        (f"{prefix}.cpu.broker_cores", f"commands at {rate}: cores, broker"),
+        (f"{prefix}.cpu.other_cores", f"commands at {rate}: cores, anything else"),
+        (f"{prefix}.cpu.machine_cores", f"commands at {rate}: cores, machine (all)"),
+        ("commands.max_rate.achieved_per_s", "commands, highest step passed: 2xx a second"),
+        ("commands.max_rate.first_failed_rate", "commands: first step failed, offered /s"),
+    ]
 
 
 LATER_CHECKS = (
@@ -224,6 +284,7 @@ def write_json(path: Path, options: BenchOptions, results: Results, error: str |
     document = {
         "figures": results.figures,
         "goals": {f.key: f.goal for f in figures_for(options) if f.goal},
+        "invalid": results.invalid,
         "details": results.details,
         "notes": results.notes,
         "options": asdict(options),
@@ -235,7 +296,7 @@ def write_json(path: Path, options: BenchOptions, results: Results, error: str |
 
 
 def _shown(value: float, unit: str) -> str:
-    if unit in ("events/s", "records"):
+    if unit in ("events/s", "records", "commands/s"):
         return f"{value:,.0f}"
     if unit == "x":
         return f"{value:.1f}"
@@ -260,6 +321,8 @@ def print_table(results: Results, options: BenchOptions, console: Console) -> No
             continue
         met = figure.met(value)
         mark = "" if met is None else ("[green]yes[/]" if met else "[red]no[/]")
+        if figure.key in results.invalid:
+            mark = "[red]invalid[/]"  # the reason is in the notes
         table.add_row(figure.label, _shown(value, figure.unit), figure.unit, figure.goal, mark)
     console.print(table)
     checks = Table(title="Checks")
@@ -276,16 +339,24 @@ def print_table(results: Results, options: BenchOptions, console: Console) -> No
         f"machine: {host['cores']} cores ({host['cpu']}), {host['memory_gb']} GB, "
         f"{host['os']}, Python {host['python']}; broker, services and bench all on it"
     )
+    if options.runs("commands"):
+        console.print(
+            "commands: the load generator runs on the same cores as both command instances "
+            "and the broker, and takes its share of them (cores each used: Checks)"
+        )
 
 
 def last_line(results: Results, options: BenchOptions) -> str:
     """The line a script can grep, on the narrow workload.
 
     ``fold throughput: <N> events/s, <R>x quixstreams; <M> events/s with <W> workers``:
-    N with one fold worker, R = N over quixstreams', M with ``--workers`` W.
+    N with one fold worker, R = N over quixstreams', M with ``--workers`` W. A run
+    without the fold phase (``--only``) ends with ``_partial_line`` instead.
     """
     narrow, workers = options.workloads()[0], options.workers
     figures = results.figures
+    if not options.runs("fold"):
+        return _partial_line(results, options)
     one = figures.get(f"{fold_key(narrow, 1)}.events_per_s", 0.0)
     ratio = figures.get(f"fold.{narrow.name}.vs_quixstreams", 0.0)
     many = figures.get(f"{fold_key(narrow, workers)}.events_per_s", 0.0)
@@ -293,3 +364,19 @@ def last_line(results: Results, options: BenchOptions) -> str:
         f"fold throughput: {one:.0f} events/s, {ratio:.1f}x quixstreams; "
         f"{many:.0f} events/s with {workers} workers"
     )
+
+
+def _partial_line(results: Results, options: BenchOptions) -> str:
+    """The last line of a run without the fold phase: which phases it ran, and for the
+    commands phase ``commands: p99 <P> ms at <R>/s; <M>/s with p99 <= 100 ms``."""
+    figures = results.figures
+    line = f"phases run: {', '.join(p for p in PHASES if options.runs(p))}"
+    if options.runs("commands"):
+        prefix = latency_key(options.commands_rate)
+        p99 = figures.get(f"{prefix}.p99_ms", 0.0)
+        most = figures.get("commands.max_rate", 0.0)
+        line = (
+            f"commands: p99 {p99:.1f} ms at {options.commands_rate:g}/s; "
+            f"{most:.0f}/s with p99 <= {STEP_P99_MS:g} ms ({line})"
+        )
+    return line
