@@ -126,6 +126,7 @@ def make_handler(
     *,
     held: Callable[[int], bool] = lambda _partition: True,
     clock: Callable[[], datetime] = lambda: T0,
+    committed: Callable[[int], int | None] | None = None,
     **options: float,
 ) -> CommandHandler:
     counter = iter(range(1, 1_000_000))
@@ -149,6 +150,7 @@ def make_handler(
         command_timeout=options.get("command_timeout"),
         doubt_window=options.get("doubt_window", 30.0),
         caught_up_at=caught_up_at,
+        committed=committed,
         clock=clock,
         new_event_id=lambda: f"event-{next(counter)}",
     )

@@ -220,3 +220,22 @@ def test_a_change_to_an_unknown_order_is_refused() -> None:
     handler = make_handler(LaggingView(), RecordingLog())
     with pytest.raises(OrderNotFoundError):
         handler.handle(ChangePrice("nope", 1))
+
+
+def test_pruning_by_position_drops_what_the_store_has_committed() -> None:
+    """The service prunes by the store's committed position, reading no order."""
+    view, log = LaggingView(), RecordingLog()
+    committed: dict[int, int] = {}
+    handler = make_handler(view, log, committed=committed.get)
+    handler.handle(create("1"))  # partition 0, offset 0
+    handler.handle(ChangePrice("1", 13))  # offset 1
+    handler.handle(create("42"))  # partition 1, offset 0
+    assert handler.prune() == 2  # nothing committed: every state kept
+    committed[0] = 1  # the store has offset 0 of partition 0: order 1's entry is newer
+    assert handler.prune() == 2
+    committed[0] = 2
+    assert handler.prune() == 1
+    current = handler.current("1")
+    assert current is None  # the view (this test's store) was never told: proof of the prune
+    committed[1] = 1
+    assert handler.prune() == 0

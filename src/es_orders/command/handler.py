@@ -226,6 +226,7 @@ class CommandHandler:
         command_timeout: float | None = None,
         doubt_window: float = 30.0,
         caught_up_at: Callable[[str], float] = lambda _order_id: math.inf,
+        committed: Callable[[int], int | None] | None = None,
         clock: Callable[[], datetime] = now_to_the_millisecond,
         new_event_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
@@ -246,6 +247,9 @@ class CommandHandler:
         self._doubt_window = doubt_window
         # When (time.monotonic) the view last reached the end of the order's partition.
         self._caught_up_at = caught_up_at
+        # The partition's next offset the store has not committed (None: not held here);
+        # None: ask the view for each order instead.
+        self._committed = committed
         self._clock = clock
         self._new_event_id = new_event_id
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
@@ -475,18 +479,27 @@ class CommandHandler:
         """Drop overlay entries the store has caught up with; how many are left."""
         left = 0
         for pending in self._overlay.snapshot():
-            try:
-                stored = self._states.get(pending.state.id)
-            except CommandUnavailableError:
-                # Its partition is not held right now (a rebalance): keep the entry. An
-                # error here would end the pruner's thread, and with it the service.
-                left += 1
-                continue
-            if stored is not None and stored.version >= pending.state.version:
+            if self._stored(pending):
                 self._overlay.discard(pending)
             else:
                 left += 1
         return left
+
+    def _stored(self, entry: _Entry) -> bool:
+        """Whether the store holds ``entry``'s state (or a later one) of its order."""
+        if self._committed is not None:
+            # By position, not by a read of each order: the store has everything before
+            # its partition's committed position (a read each took ~50 us; a pruning of
+            # thousands of entries stalled requests for tens of milliseconds).
+            committed = self._committed(entry.partition)
+            return committed is not None and entry.offset < committed
+        try:
+            stored = self._states.get(entry.state.id)
+        except CommandUnavailableError:
+            # Its partition is not held right now (a rebalance): keep the entry. An
+            # error here would end the pruner's thread, and with it the service.
+            return False
+        return stored is not None and stored.version >= entry.state.version
 
 
 class OverlayPruner:

@@ -111,6 +111,10 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
             return None
         return time.monotonic() - (time.time() - part.assigned_at)
 
+    def committed(partition: int) -> int | None:
+        part = board.snapshot.held.get(partition)
+        return None if part is None else part.consumed
+
     def caught_up_at(order_id: str) -> float:
         held = board.snapshot.held.get(partition_for(order_id.encode(), settings.partitions))
         at = held.read_to_end_at if held is not None else None
@@ -127,6 +131,7 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
         ack_timeout=producer.message_timeout + _ACK_MARGIN,
         command_timeout=settings.command_timeout_s,
         caught_up_at=caught_up_at,
+        committed=committed,
     )
     handlers.append(handler)
 
