@@ -52,6 +52,10 @@ def command_materializer_config(settings: Settings) -> MaterializerConfig:
         state_dir=settings.state_dir,
         kafka=settings.kafka_config(),
         partitions=settings.partitions,
+        # Records are folded (and commands confirmed) as they come; the view's store and
+        # changelog are written once a second (what the fold computed in between is in
+        # the handler's overlay).
+        checkpoint_interval=1.0,
     )
 
 

@@ -76,6 +76,7 @@ class _Batch:
     read to their end, and the records that cannot be folded (for the dead letters)."""
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
         self.records = 0
         self.changed: dict[int, dict[str, Stored]] = {}
         self.last: dict[int, int] = {}
@@ -223,7 +224,12 @@ class Materializer:
                 records = [m for m in records if m.partition() in held or _keeps(m.error())]
                 assignment.released = False
             if not records:
-                break
+                records = self._linger(consumer, batch)
+                # A poll may have run rebalance callbacks: back to the top, which drops
+                # what was folded of partitions taken away.
+                if not records and not assignment.released:
+                    break
+                continue
             self._preload(records)
             self._fold(records, batch)
             if batch.records >= self.config.max_batch or batch.changed_states >= _MAX_CHANGED:
@@ -235,6 +241,20 @@ class Materializer:
             self._checkpoint(batch)
         assignment.reached_end(self._at_end(assignment, batch.at_end), time.monotonic())
         self._tell(False)
+
+    def _linger(self, consumer: Consumer, batch: _Batch) -> list[Message]:
+        """With a checkpoint interval, wait for more records while the batch may stay open:
+        the next ones the consumer has, or none once the interval is over (or stopping)."""
+        interval = self.config.checkpoint_interval
+        while not self._stop.is_set():
+            left = batch.started + interval - time.monotonic()
+            if left <= 0:
+                return []
+            first = consumer.poll(min(left, 0.1))
+            if first is not None:
+                more = min(_SLICE, self.config.max_batch - batch.records) - 1
+                return [first, *(consumer.consume(more, timeout=0) if more > 0 else [])]
+        return []
 
     def _at_end(self, assignment: Assignment, at_end: list[int]) -> list[int]:
         """The partitions this batch read to their end: those the consumer signalled the
