@@ -6,7 +6,10 @@ event of the same version the fold reads first: ``RacingLog`` puts one in front.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
@@ -17,7 +20,12 @@ from es_orders.command.errors import (
     OrderInDoubtError,
     PartitionUnavailableError,
 )
-from es_orders.command.handler import CommandHandler, now_to_the_millisecond, request_digest
+from es_orders.command.handler import (
+    Accepted,
+    CommandHandler,
+    now_to_the_millisecond,
+    request_digest,
+)
 from es_orders.domain import (
     ChangePrice,
     ChangeQuantity,
@@ -242,3 +250,44 @@ def test_a_change_to_a_partition_not_held_here_is_a_503_partition_unavailable() 
         handler.handle(create("1"))  # order 1 is in partition 0
     assert log.events == []
     assert handler.handle(create("42")).version == 1  # partition 1
+
+
+def test_on_the_event_loop_racing_commands_on_one_order_take_turns() -> None:
+    """``handle_async`` (the HTTP path) shares the order's lock with threads: 20 at once
+    with the same If-Match get one success, and unconditional ones a version each."""
+    log = RecordingLog()
+    handler = judged(log)
+    handler.handle(create())
+
+    async def race() -> tuple[list[Accepted | BaseException], list[Accepted | BaseException]]:
+        conditional = [handler.handle_async(ChangePrice("1", 100 + n, 1)) for n in range(20)]
+        first = await asyncio.gather(*conditional, return_exceptions=True)
+        unconditional = [handler.handle_async(ChangeQuantity("1", 10 + n)) for n in range(20)]
+        second = await asyncio.gather(*unconditional, return_exceptions=True)
+        return first, second
+
+    with ThreadPoolExecutor(1) as pool:  # a thread holds the lock meanwhile, for a while
+        held = threading.Event()
+
+        def hold() -> None:
+            # Order 1's stripe, held by a thread: the loop must not block on it meanwhile.
+            lock = handler._locks[zlib.crc32(b"1") % len(handler._locks)]
+            with lock:
+                held.set()
+                time.sleep(0.05)
+
+        holder = pool.submit(hold)
+        held.wait(5)
+        first, second = asyncio.run(race())
+        holder.result(5)
+    assert sum(isinstance(o, VersionConflictError) for o in first) == 19
+    assert [o.version for o in first if isinstance(o, Accepted)] == [2]
+    assert sorted(o.version for o in second if isinstance(o, Accepted)) == list(range(3, 23))
+
+
+def test_on_the_event_loop_an_event_not_folded_in_time_is_in_doubt() -> None:
+    log = RecordingLog()
+    log.silent = True
+    handler = make_handler(LaggingView(), log, ack_timeout=0.05)
+    with pytest.raises(OrderInDoubtError):
+        asyncio.run(handler.handle_async(create()))

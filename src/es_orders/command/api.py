@@ -2,11 +2,12 @@
 
 A command on an order whose partition another instance holds is forwarded to it
 (``query.routing``, the same members mechanism as the query instances) and its answer
-relayed; one this instance holds is decided here, on a worker thread (``run_in_threadpool``):
-it waits for its event to come back through the fold. Every refusal is mapped to a
-problem in ``command.problems``; a 2xx means the log applied the event (or that there was
-nothing to append). Bodies are limited to ``max_body_bytes`` and parsed as strict JSON
-(``http.bodies``); every status a route can answer is in its OpenAPI ``responses``.
+relayed; one this instance holds is decided here, on the event loop
+(``CommandHandler.handle_async``): it awaits its event's return through the fold. Every
+refusal is mapped to a problem in ``command.problems``; a 2xx means the log applied the
+event (or that there was nothing to append). Bodies are limited to ``max_body_bytes``
+and parsed as strict JSON (``http.bodies``); every status a route can answer is in its
+OpenAPI ``responses``.
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ class _Commands:
         if cluster is not None and not handler.holds(partition):
             return await self.forward(partition, request, body)
         try:
-            accepted: Accepted = await run_in_threadpool(
-                handler.handle, command, received_at=received_at, key=key
+            accepted: Accepted = await handler.handle_async(
+                command, received_at=received_at, key=key
             )
         except (DomainError, CommandUnavailableError) as exc:
             problem = problem_for(

@@ -21,11 +21,12 @@ waiting on it; no library knows either side.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,7 +255,8 @@ class FoldWatch:
             for event_id in gone:
                 del self._waiting[event_id]
         for partition, future in gone.values():
-            future.set_exception(UnconfirmedError(f"partition {partition} was revoked"))
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(UnconfirmedError(f"partition {partition} was revoked"))
 
     # -- FoldObserver ----------------------------------------------------------------
 
@@ -286,10 +288,12 @@ class FoldWatch:
             waiting = self._waiting.pop(event.event_id, None)
         if waiting is None:
             return
-        if folded.replayed:
-            waiting[1].set_exception(UnconfirmedError("folded before this fold began"))
-        else:
-            waiting[1].set_result(Confirmation(applied, state, partition, offset))
+        # A waiter that gave up may have cancelled its future: nothing to tell it then.
+        with contextlib.suppress(InvalidStateError):
+            if folded.replayed:
+                waiting[1].set_exception(UnconfirmedError("folded before this fold began"))
+            else:
+                waiting[1].set_result(Confirmation(applied, state, partition, offset))
 
     def checkpointing(self) -> list[tuple[str, bytes, bytes | None]]:
         with self._lock:

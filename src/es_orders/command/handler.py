@@ -41,6 +41,7 @@ its turn then is refused with ``CommandTimeoutError`` (nothing appended).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -50,7 +51,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -196,6 +197,51 @@ class _Overlay:
         return len(self._entries)
 
 
+@dataclass(frozen=True, slots=True)
+class _Lock:
+    """Wait for the order's lock, at most ``timeout`` s; the answer: whether it was taken."""
+
+    lock: threading.Lock
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Confirm:
+    """Wait for the fold's word on an event, at most ``timeout`` s."""
+
+    future: Future[Confirmation]
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Pause:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _SyncKeys:
+    """Read the idempotency topic up to now, at most ``timeout`` s; whether it was."""
+
+    timeout: float
+
+
+_Step = _Lock | _Confirm | _Pause | _SyncKeys
+
+
+async def _acquire(lock: threading.Lock, timeout: float) -> bool:
+    """Take a lock a thread may hold too, without blocking the event loop: tried, and
+    tried again after short sleeps. A lock is contended only by commands on orders of one
+    stripe at the same moment."""
+    until = time.monotonic() + timeout
+    pause = 0.0005
+    while not lock.acquire(blocking=False):
+        if time.monotonic() >= until:
+            return False
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.01)
+    return True
+
+
 def now_to_the_millisecond() -> datetime:
     """Now, as precisely as the wire keeps an event's time (``codec.format_instant``): the
     fold's state must be the one the log's fold gives, not a microsecond apart."""
@@ -292,8 +338,67 @@ class CommandHandler:
         """Decide and append ``command``; raise a ``DomainError`` or ``CommandUnavailableError``.
 
         ``received_at`` (``time.monotonic()``) is when the command arrived, which starts
-        its command timeout; None: now. ``key``: the request's Idempotency-Key.
+        its command timeout; None: now. ``key``: the request's Idempotency-Key. Blocks the
+        calling thread while it waits (the simulator's); HTTP requests use ``handle_async``.
         """
+        steps = self._steps(command, received_at, key)
+        answer: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(answer)
+            except StopIteration as done:
+                result: Accepted = done.value
+                return result
+            answer, error = None, None
+            try:
+                match step:
+                    case _Lock(lock, timeout):
+                        answer = lock.acquire(timeout=timeout)
+                    case _Confirm(future, timeout):
+                        answer = future.result(timeout=timeout)
+                    case _Pause(seconds):
+                        time.sleep(seconds)
+                    case _SyncKeys(timeout):
+                        answer = self._keys.sync(timeout)
+            except Exception as exc:  # handed to the step that waited, to raise there
+                error = exc
+
+    async def handle_async(
+        self, command: Command, *, received_at: float | None = None, key: str | None = None
+    ) -> Accepted:
+        """``handle`` on the event loop: its waits are awaited, so a command costs no
+        worker thread and no hand-over between threads (and the GIL) on its way back."""
+        steps = self._steps(command, received_at, key)
+        answer: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(answer)
+            except StopIteration as done:
+                result: Accepted = done.value
+                return result
+            answer, error = None, None
+            try:
+                match step:
+                    case _Lock(lock, timeout):
+                        answer = await _acquire(lock, timeout)
+                    case _Confirm(future, timeout):
+                        # shield: a timeout must not cancel the fold's future.
+                        wrapped = asyncio.wrap_future(future)
+                        answer = await asyncio.wait_for(asyncio.shield(wrapped), timeout)
+                    case _Pause(seconds):
+                        await asyncio.sleep(seconds)
+                    case _SyncKeys(timeout):
+                        answer = await asyncio.to_thread(self._keys.sync, timeout)
+            except Exception as exc:  # handed to the step that waited, to raise there
+                error = exc
+
+    def _steps(
+        self, command: Command, received_at: float | None, key: str | None
+    ) -> Generator[_Step, Any, Accepted]:
+        """The decision of one command, as the waits it needs: written once, run by a
+        thread (``handle``) or on the event loop (``handle_async``)."""
         started = time.monotonic() if received_at is None else received_at
         deadline = started + (self._command_timeout or self._ack_timeout)
         readiness = self._readiness()
@@ -309,19 +414,19 @@ class CommandHandler:
             idempotency = Idempotency(key, request_digest(command))
             # Outcomes the partition's previous holders wrote must be read before a key
             # can be said to be new here.
-            if self._keys.synced_since() < since and not self._keys.sync(
-                max(0.0, deadline - time.monotonic())
-            ):
-                raise NotReadyError(("idempotency keys: reading the idempotency topic",))
+            if self._keys.synced_since() < since:
+                synced = yield _SyncKeys(max(0.0, deadline - time.monotonic()))
+                if not synced:
+                    raise NotReadyError(("idempotency keys: reading the idempotency topic",))
         # crc32, not hash(): the stripe of an id must not depend on the process's hash seed.
         lock = self._locks[zlib.crc32(order_id.encode()) % _LOCK_STRIPES]
-        if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        if not (yield _Lock(lock, max(0.0, deadline - time.monotonic()))):
             raise CommandTimeoutError(order_id, deadline - started)
         try:
             if time.monotonic() >= deadline:
                 raise CommandTimeoutError(order_id, deadline - started)
             self._check_doubt(order_id)
-            return self._decide(command, partition, idempotency, deadline)
+            return (yield from self._decide(command, partition, idempotency, deadline))
         finally:
             lock.release()
 
@@ -342,7 +447,7 @@ class CommandHandler:
         partition: int,
         idempotency: Idempotency | None,
         deadline: float,
-    ) -> Accepted:
+    ) -> Generator[_Step, Any, Accepted]:
         order_id = command.order_id
         for _ in range(_ATTEMPTS):
             known = self._known(order_id, idempotency)
@@ -353,8 +458,8 @@ class CommandHandler:
             try:
                 events = decide(command, state, now=self._clock(), new_event_id=self._new_event_id)
             except VersionConflictError as exc:
-                if exc.current >= exc.expected or not self._await_version(
-                    order_id, exc.expected, deadline
+                if exc.current >= exc.expected or not (
+                    yield from self._await_version(order_id, exc.expected, deadline)
                 ):
                     raise
                 continue  # this instance was behind the client: decide again
@@ -365,7 +470,7 @@ class CommandHandler:
             (event,) = events
             if idempotency is not None:
                 event = replace(event, idempotency=idempotency)
-            confirmation = self._append(event, partition, deadline)
+            confirmation = yield from self._append(event, partition, deadline)
             if confirmation.applied:
                 return Accepted(order_id, event.version, 1, partition, confirmation.offset)
             won = confirmation.state
@@ -386,7 +491,9 @@ class CommandHandler:
                 raise VersionConflictError(order_id, command.expected_version, current)
         raise ContendedError(order_id, _ATTEMPTS)
 
-    def _await_version(self, order_id: str, version: int, deadline: float) -> bool:
+    def _await_version(
+        self, order_id: str, version: int, deadline: float
+    ) -> Generator[_Step, Any, bool]:
         """Wait (briefly) until the order's state here is at ``version`` or beyond."""
         until = min(deadline, time.monotonic() + _VERSION_WAIT)
         pause = 0.002
@@ -394,11 +501,13 @@ class CommandHandler:
             state = self.current(order_id)
             if state is not None and state.version >= version:
                 return True
-            time.sleep(pause)
+            yield _Pause(pause)
             pause = min(pause * 2, 0.05)
         return False
 
-    def _append(self, event: Event, partition: int, deadline: float) -> Confirmation:
+    def _append(
+        self, event: Event, partition: int, deadline: float
+    ) -> Generator[_Step, Any, Confirmation]:
         confirmed = self._confirmer.expect(event.event_id, partition)
         sent_at = time.monotonic()
         try:
@@ -417,7 +526,7 @@ class CommandHandler:
         delivery.add_done_callback(failed)
         waited = min(self._ack_timeout, max(0.0, deadline - sent_at))
         try:
-            return confirmed.result(timeout=waited)
+            confirmation: Confirmation = yield _Confirm(confirmed, waited)
         except TimeoutError as exc:
             self._confirmer.forget(event.event_id)
             # librdkafka may still write it until it reports on it: the doubt lasts from then.
@@ -442,6 +551,7 @@ class CommandHandler:
                 f"the broker did not acknowledge version {event.version} of order "
                 f"{event.order_id!r}; it may or may not have been written"
             ) from exc
+        return confirmation
 
     def _doubt(self, event: Event, settled_at: float, error: str) -> None:
         """Refuse commands on the event's order until the view shows it, or the window passes
