@@ -21,6 +21,7 @@ from es_orders.codec import (
 )
 from es_orders.domain import (
     Event,
+    Idempotency,
     OrderCancelled,
     OrderCreated,
     OrderState,
@@ -183,3 +184,20 @@ def test_the_version_of_a_state_is_read_without_the_rest() -> None:
     assert codec.state_version(encode_state(state)) == 7
     with pytest.raises(CodecError, match="invalid order state"):
         codec.state_version(b'{"id": "9"}')
+
+
+def test_the_optional_idempotency_member_round_trips_and_is_absent_otherwise() -> None:
+    """Events of a request with an Idempotency-Key carry it; all others are written byte
+    for byte as before the member existed, and events without it read as before."""
+    at = datetime(2026, 11, 28, 14, 0, tzinfo=UTC)
+    plain = PriceChanged("e-1", "1", 2, at, 13)
+    keyed = PriceChanged("e-1", "1", 2, at, 13, Idempotency("k-1", "ab" * 32))
+    assert b"idempotency" not in encode_event(plain)
+    assert json.loads(encode_event(keyed))["idempotency"] == {"key": "k-1", "digest": "ab" * 32}
+    assert decode_record(b"1", encode_event(keyed), 0) == keyed
+    assert decode_record(b"1", encode_event(plain), 0) == plain
+    # A key that is no header value (a space) makes the record a dead letter, not a state.
+    bad = json.loads(encode_event(keyed))
+    bad["idempotency"]["key"] = "a b"
+    with pytest.raises(CodecError):
+        decode_record(b"1", json.dumps(bad).encode(), 0)
