@@ -42,8 +42,8 @@ class Idempotency(msgspec.Struct, frozen=True, gc=False):
     with another request is refused. Only events the command service appended for a request
     with that header carry it."""
 
-    key: str
-    digest: str
+    key: IdempotencyKeyText
+    digest: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
 class OrderCreated(msgspec.Struct, frozen=True, gc=False):
