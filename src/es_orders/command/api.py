@@ -194,7 +194,8 @@ class _Commands:
                 body=body if body is not None else await request.body(),
             )
         except OwnerUnreachableError as exc:
-            if not exc.sent:
+            # A read, or a command that never reached the holder, changed nothing.
+            if not exc.sent or request.method == "GET":
                 raise self._served(partition_unavailable_problem(partition)) from exc
             raise self._served(
                 ORDER_IN_DOUBT(
