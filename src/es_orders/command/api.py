@@ -201,6 +201,7 @@ class _Commands:
                 ORDER_IN_DOUBT(
                     f"{exc}; the command may or may not have been applied: retry it with "
                     "the same Idempotency-Key, or read the order before deciding again",
+                    extra={"appended": None},  # not known here
                     headers={"Retry-After": "1"},
                 )
             ) from exc

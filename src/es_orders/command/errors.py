@@ -42,9 +42,15 @@ class CommandTimeoutError(CommandUnavailableError):
 
 
 class OrderInDoubtError(CommandUnavailableError):
-    """An earlier event of this order may or may not have been written; wait until it shows."""
+    """An event of this order may or may not be in the log; wait until that is known.
 
-    def __init__(self, order_id: str, version: int, retry_after: int, why: str = "") -> None:
+    ``appended``: this command's own event was handed to the broker (its fate is what is
+    in doubt), else the command was refused, unappended, for an earlier one's.
+    """
+
+    def __init__(
+        self, order_id: str, version: int, retry_after: int, why: str = "", *, appended: bool
+    ) -> None:
         super().__init__(
             f"order {order_id!r}: the outcome of its version {version} is not known yet "
             f"({why or 'the log has not shown whether its event was written and applied'}); "
@@ -53,6 +59,7 @@ class OrderInDoubtError(CommandUnavailableError):
         self.order_id = order_id
         self.version = version
         self.retry_after = retry_after
+        self.appended = appended
 
 
 class PartitionUnavailableError(CommandUnavailableError):

@@ -539,11 +539,11 @@ class CommandHandler:
                 "in-sync replicas right now"
             )
             self._doubt(event, sent_at + self._ack_timeout, why)
-            raise OrderInDoubtError(event.order_id, event.version, 1, why) from exc
+            raise OrderInDoubtError(event.order_id, event.version, 1, why, appended=True) from exc
         except UnconfirmedError as exc:
             self._doubt(event, time.monotonic(), str(exc))
             why = f"{exc}; its next holder decides it"
-            raise OrderInDoubtError(event.order_id, event.version, 1, why) from exc
+            raise OrderInDoubtError(event.order_id, event.version, 1, why, appended=True) from exc
         except EsOrdersError as exc:
             self._confirmer.forget(event.event_id)
             self._doubt(event, time.monotonic(), str(exc))
@@ -582,7 +582,7 @@ class CommandHandler:
                 doubt.version,
             )
         else:
-            raise OrderInDoubtError(order_id, doubt.version, retry_after=1)
+            raise OrderInDoubtError(order_id, doubt.version, retry_after=1, appended=False)
         del self._doubts[order_id]
 
     def prune(self) -> int:

@@ -127,7 +127,12 @@ def unavailable_problem(
         case OrderInDoubtError():
             return ORDER_IN_DOUBT(
                 str(exc),
-                extra={"order_id": exc.order_id, "version_in_doubt": exc.version},
+                extra={
+                    "order_id": exc.order_id,
+                    "version_in_doubt": exc.version,
+                    # False: nothing of this command was written; it waits for an earlier one.
+                    "appended": exc.appended,
+                },
                 headers=headers,
             )
         case PartitionUnavailableError():
