@@ -228,6 +228,19 @@ class _SyncKeys:
 _Step = _Lock | _Confirm | _Pause | _SyncKeys
 
 
+def _resume(
+    steps: Generator[_Step, Any, Accepted], answer: Any, error: Exception | None
+) -> _Step | Accepted:
+    """The decision's next wait, or its outcome once it needs none. ``answer`` is what
+    the last wait gave; ``error``, what it failed with, is raised where it waited. The
+    one loop both ``handle`` and ``handle_async`` drive the steps with."""
+    try:
+        return steps.throw(error) if error is not None else steps.send(answer)
+    except StopIteration as done:
+        outcome: Accepted = done.value
+        return outcome
+
+
 async def _acquire(lock: threading.Lock, timeout: float) -> bool:
     """Take a lock a thread may hold too, without blocking the event loop: tried, and
     tried again after short sleeps. A lock is contended only by commands on orders of one
@@ -343,13 +356,8 @@ class CommandHandler:
         """
         steps = self._steps(command, received_at, key)
         answer: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(answer)
-            except StopIteration as done:
-                result: Accepted = done.value
-                return result
+        error: Exception | None = None
+        while not isinstance(step := _resume(steps, answer, error), Accepted):
             answer, error = None, None
             try:
                 match step:
@@ -363,6 +371,7 @@ class CommandHandler:
                         answer = self._keys.sync(timeout)
             except Exception as exc:  # handed to the step that waited, to raise there
                 error = exc
+        return step
 
     async def handle_async(
         self, command: Command, *, received_at: float | None = None, key: str | None = None
@@ -371,13 +380,8 @@ class CommandHandler:
         worker thread and no hand-over between threads (and the GIL) on its way back."""
         steps = self._steps(command, received_at, key)
         answer: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                step = steps.throw(error) if error is not None else steps.send(answer)
-            except StopIteration as done:
-                result: Accepted = done.value
-                return result
+        error: Exception | None = None
+        while not isinstance(step := _resume(steps, answer, error), Accepted):
             answer, error = None, None
             try:
                 match step:
@@ -393,6 +397,7 @@ class CommandHandler:
                         answer = await asyncio.to_thread(self._keys.sync, timeout)
             except Exception as exc:  # handed to the step that waited, to raise there
                 error = exc
+        return step
 
     def _steps(
         self, command: Command, received_at: float | None, key: str | None
