@@ -268,5 +268,42 @@ def up(
     _exit(run_up(options))
 
 
+class TailTopic(StrEnum):
+    EVENTS = "events"
+    STATE = "state"
+    DLQ = "dlq"
+
+
+@app.command()
+def tail(
+    topic: Annotated[
+        TailTopic,
+        typer.Argument(
+            help="events (ES_ORDERS_EVENTS_TOPIC), state (ES_ORDERS_STATE_TOPIC) or dlq "
+            "(ES_ORDERS_DLQ_TOPIC).",
+            show_default=False,
+        ),
+    ],
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start at the first record, not the end.")
+    ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", "-f", help="Keep printing records as they arrive, until Ctrl-C."),
+    ] = False,
+    bootstrap_servers: BootstrapOption = None,
+) -> None:
+    """Print a topic's records, decoded, one JSON object a line; without --follow it
+    stops at the end of the topic."""
+    from es_orders.tail import run_tail
+
+    settings = _settings(bootstrap_servers=bootstrap_servers)
+    try:
+        _exit(run_tail(settings, topic.value, from_beginning=from_beginning, follow=follow))
+    except EsOrdersError as exc:
+        typer.echo(f"es-orders tail: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()
