@@ -266,10 +266,12 @@ class Bench:
         state_dir: Path,
         name: str,
         workers: int | None = None,
+        **extra_env: str,
     ) -> QueryProcess:
-        """``es-orders query`` with ``workers`` fold workers (default: ``options.workers``)."""
+        """``es-orders query`` with ``workers`` fold workers (default: ``options.workers``)
+        and ``ES_ORDERS_*`` settings from ``extra_env`` on top."""
         workers = self.options.workers if workers is None else workers
-        env = self.env(topics, application_id, state_dir)
+        env = {**self.env(topics, application_id, state_dir), **extra_env}
         log_path = self.work_dir / f"{name}.log"
         return QueryProcess(env, log_path, workers, self.options.cache_mb, name)
 

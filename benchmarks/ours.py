@@ -20,7 +20,9 @@ from es_orders.workload import encoded, order_events
 log = logging.getLogger(__name__)
 
 
-def measure_fold(bench: Bench, workload: Workload, workers: int) -> tuple[float, TopicSet]:
+def measure_fold(
+    bench: Bench, workload: Workload, workers: int, *, history: bool = True
+) -> tuple[float, TopicSet]:
     """Fold ``workload`` with ``workers`` fold workers, timed from the service's own clock.
 
     The workload goes to a fresh events topic in a transaction left open, so the service
@@ -30,13 +32,15 @@ def measure_fold(bench: Bench, workload: Workload, workers: int) -> tuple[float,
     first record consumed (by any worker) to last batch checkpointed (changelog
     acknowledged, SQLite committed, by any worker), as /stats reports them.
     Returns events/s, and the topics (the events committed, for the next contender).
+    With ``history`` off (ES_ORDERS_HISTORY=off) the store keeps latest states only.
     """
-    key = fold_key(workload, workers)
-    name = f"fold-{workload.name}-w{workers}"
+    key = fold_key(workload, workers) + ("" if history else ".history_off")
+    name = f"fold-{workload.name}-w{workers}" + ("" if history else "-history-off")
     topics = bench.topics(name)
     events = encoded(order_events(workload.orders, workload.events, workload.seed))
     with HeldRecords(bench.bootstrap_servers, topics.events, events) as held:
-        service = new_service(bench, topics, name, workers)
+        env = {} if history else {"ES_ORDERS_HISTORY": "off"}
+        service = new_service(bench, topics, name, workers, **env)
         with stopping(service):
             service.wait_stats(
                 "its consumer group settled",
@@ -182,8 +186,15 @@ def _restart(
     log.info("restart measured kind=%s %s", kind, {**ready, **restore, **details})
 
 
-def new_service(bench: Bench, topics: TopicSet, name: str, workers: int) -> QueryProcess:
+def new_service(
+    bench: Bench, topics: TopicSet, name: str, workers: int, **extra_env: str
+) -> QueryProcess:
     """A query service of its own group and state directory, named ``name`` in logs."""
     return bench.query_service(
-        topics, f"bench-{bench.run_id}-{name}", bench.work_dir / f"{name}-state", name, workers
+        topics,
+        f"bench-{bench.run_id}-{name}",
+        bench.work_dir / f"{name}-state",
+        name,
+        workers,
+        **extra_env,
     )

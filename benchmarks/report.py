@@ -40,6 +40,8 @@ class Figure:
 # The issue's goals for this 2-core machine: events/s with the measured worker count,
 # and one worker's throughput over quixstreams'.
 FOLD_GOALS = {"narrow": (200_000, 3.5), "wide": (100_000, 3.0)}
+# Folding while keeping every event (the default) against latest states only.
+HISTORY_RATIO_GOAL = 0.8
 # What a fold worker may hold besides its cache, whatever the number of orders: the
 # interpreter and its modules, librdkafka's fetch queue (16 MiB) and the states of a
 # batch until its checkpoint, SQLite's page cache. The bench's yardstick for the memory
@@ -150,6 +152,16 @@ def _fold_figures(options: BenchOptions) -> Iterator[Figure]:
         one, many = fold_key(workload, 1), fold_key(workload, workers)
         title = f"Fold, {workload.name}: {workload.events:,} events, {workload.orders:,} orders"
         yield Figure(f"{one}.events_per_s", f"{title}; 1 worker", "events/s")
+        yield Figure(
+            f"{one}.history_off.events_per_s", "  1 worker, ES_ORDERS_HISTORY=off", "events/s"
+        )
+        yield Figure(
+            f"fold.{workload.name}.history_vs_off",
+            "  1 worker keeping history vs off",
+            "x",
+            f">= {HISTORY_RATIO_GOAL:g}x",
+            at_least=HISTORY_RATIO_GOAL,
+        )
         yield Figure(
             f"{many}.events_per_s",
             f"  {workers} workers",

@@ -164,6 +164,8 @@ def _phases(bench: Bench) -> None:
         for workload in options.workloads():
             log.info("bench phase=fold-%s", workload.name)
             one, topics = measure_fold(bench, workload, 1)
+            without, _ = measure_fold(bench, workload, 1, history=False)
+            figures[f"fold.{workload.name}.history_vs_off"] = one / without
             measure_fold(bench, workload, options.workers)
             log.info("bench phase=quixstreams-fold-%s", workload.name)
             quix = measure_quix_fold(bench, topics, workload)

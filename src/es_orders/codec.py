@@ -132,6 +132,22 @@ class LegacyUpdate:
 
 
 _wire_decoder = msgspec.json.Decoder(_Wire)
+
+
+class _UpcastCreatedData(msgspec.Struct, gc=False):
+    """What an order created from a legacy record has: whatever that record held."""
+
+    user_id: Id | None = None
+    product_id: Id | None = None
+    quantity: Quantity | None = None
+    price: Price | None = None
+
+
+class _UpcastCreatedWire(_Envelope, tag="OrderCreated", gc=False):
+    data: _UpcastCreatedData
+
+
+_upcast_created_decoder = msgspec.json.Decoder(_UpcastCreatedWire)
 _any_decoder = msgspec.json.Decoder()
 # OrderState is its own wire format: its annotations are the bounds checked on read.
 _state_decoder = msgspec.json.Decoder(OrderState)
@@ -221,6 +237,21 @@ def decode_record(
     if key is not None and key != decoded.order_id.encode():
         raise CodecError(f"record key {key!r} does not match order id {decoded.order_id!r}")
     return decoded
+
+
+def decode_kept_event(value: bytes) -> Event:
+    """An event as an order's history keeps it (``encode_event``): a typed event, or one
+    a legacy record was upcast into, whose ``OrderCreated`` may lack values."""
+    try:
+        wire = _wire_decoder.decode(value)
+    except msgspec.ValidationError:
+        try:
+            return _created(_upcast_created_decoder.decode(value))  # type: ignore[arg-type]
+        except msgspec.ValidationError as exc:
+            raise CodecError(f"invalid event: {exc}") from None
+    except msgspec.DecodeError:
+        raise CodecError("value is not valid JSON") from None
+    return _TO_EVENT[type(wire)](wire)
 
 
 def _decode_legacy(

@@ -59,6 +59,15 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=50_000, ge=1, le=1_000_000)
     # Each fold worker's cache of order states, in MiB (runtime/cache.py).
     cache_mb: float = Field(default=64.0, ge=1.0, le=1_048_576.0)
+    # The query service keeps every order's events in its stores, for GET
+    # /orders/{id}/events, ?version= and ?as_of= (ES_ORDERS_HISTORY=off: latest states only).
+    history: bool = True
+    # GET /changes (query/changes.py): a comment line after this many seconds without an
+    # event, so proxies and clients see the stream alive; the events a stream holds for a
+    # client at most (past it the client is too slow and is disconnected); streams at once.
+    changes_heartbeat_s: float = Field(default=15.0, gt=0.0, le=3600.0)
+    changes_queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    changes_max_streams: int = Field(default=64, ge=1, le=10_000)
     # Extra librdkafka properties: ES_ORDERS_KAFKA__SECURITY_PROTOCOL=SASL_SSL.
     kafka: dict[str, str] = Field(default_factory=dict)
 

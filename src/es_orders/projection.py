@@ -38,6 +38,9 @@ class RecordFolded(msgspec.Struct, frozen=True, gc=False):
     # The typed event the record holds (None for a legacy record): whoever waits for an
     # event to be folded knows it by its id, and finds its Idempotency-Key here.
     event: Event | None = None
+    # For a legacy record that changed the state: the events it was upcast into that
+    # applied, in order (what the order's history keeps of it).
+    upcast: tuple[Event, ...] | None = None
 
 
 def fold_record(
@@ -62,6 +65,7 @@ def fold_record(
     if stored is not None and offset <= stored.source_offset:
         return RecordFolded(decoded.order_id, before, None, replayed=True, event=typed)
     events = (typed,) if typed is not None else upcast(decoded, before)  # type: ignore[arg-type]
+    applied: list[Event] | None = None if typed is not None else []
     state, duplicates, gaps = before, 0, 0
     for event in events:
         evolved = evolve(state, event)
@@ -70,6 +74,12 @@ def fold_record(
             continue
         gaps += evolved.outcome is _GAP
         state = evolved.state
+        if applied is not None:
+            applied.append(event)
     stored = None if state is before or state is None else Stored(state, offset)
     # Positional: keyword arguments cost a Struct's construction a third more.
-    return RecordFolded(decoded.order_id, state, stored, duplicates, gaps, None, False, typed)
+    if applied is None:
+        return RecordFolded(decoded.order_id, state, stored, duplicates, gaps, None, False, typed)
+    return RecordFolded(
+        decoded.order_id, state, stored, duplicates, gaps, None, False, None, tuple(applied)
+    )

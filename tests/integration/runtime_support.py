@@ -114,7 +114,7 @@ class RunningMaterializer:
         self.board = StatusBoard(config.state_dir, config.group_id, config.source_topic, 1)
         self.board.started(0, 0)
         self.materializer = Materializer(config, publish=self.board.update)
-        self.view = MaterializedView(self.board, config.partitions)
+        self.view = MaterializedView(self.board, config.partitions, history=config.history)
         self.failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from threading import Barrier
 from typing import Any
 
@@ -222,3 +223,55 @@ def test_a_poison_record_is_dead_lettered_once(system: System, order_id: str) ->
     eventually(lambda: "skipped a record that cannot be folded" in system.command.log_tail(10**6))
     assert dead_letters(f"{prefix}-dlq") == 1
     assert system.create(order_id).status_code == 201  # and commands carry on
+
+
+def test_history_and_time_travel_over_http(system: System, order_id: str) -> None:
+    created = system.create(order_id).json()
+    time.sleep(0.01)  # the changes are recorded at later instants than the creation
+    for price in (1500, 1600):
+        assert system.post(f"/orders/{order_id}/price", {"price": price}).status_code == 200
+    eventually(lambda: system.query.get(f"/orders/{order_id}", min_version=3).status_code == 200)
+
+    events = system.query.get(f"/orders/{order_id}/events")
+    assert events.status_code == 200
+    body = events.json()
+    assert [e["version"] for e in body] == [1, 2, 3]
+    assert [e["event"]["type"] for e in body] == ["OrderCreated", "PriceChanged", "PriceChanged"]
+    assert body[0]["offset"] == created["offset"]
+    assert body[0]["partition"] == partition_for(order_id.encode(), 3)
+    assert [e["event"]["data"].get("price") for e in body] == [1299, 1500, 1600]
+
+    first = system.query.get(f"/orders/{order_id}/events", limit=2)
+    assert [e["version"] for e in first.json()] == [1, 2]
+    assert "after_version=2" in first.headers["link"]
+    rest = system.query.get(f"/orders/{order_id}/events", limit=2, after_version=2)
+    assert [e["version"] for e in rest.json()] == [3] and "link" not in rest.headers
+
+    at_2 = system.query.get(f"/orders/{order_id}", version=2)
+    assert (at_2.json()["version"], at_2.json()["price"], at_2.headers["etag"]) == (2, 1500, '"2"')
+    # Between the creation and the first change: the state as created.
+    recorded = [datetime.fromisoformat(e["timestamp"]) for e in body]
+    assert recorded[1] > recorded[0]
+    between = recorded[0] + (recorded[1] - recorded[0]) / 2
+    as_of = system.query.get(f"/orders/{order_id}", as_of=between.isoformat())
+    assert (as_of.json()["version"], as_of.json()["price"]) == (1, 1299)
+    assert (
+        system.query.get(f"/orders/{order_id}", as_of="2999-01-01T00:00:00Z").json()["version"] == 3
+    )
+    before = recorded[0] - timedelta(seconds=1)
+    problem(
+        system.query.get(f"/orders/{order_id}", as_of=before.isoformat()), 404, "order-not-found"
+    )
+    problem(
+        system.query.get(f"/orders/{order_id}", version=1, as_of=between.isoformat()),
+        422,
+        "validation-error",
+    )
+    problem(system.query.get(f"/orders/{order_id}", as_of="yesterday"), 422, "validation-error")
+    problem(
+        system.query.get(f"/orders/{order_id}", as_of="2026-01-01T00:00:00"),
+        422,
+        "validation-error",
+    )
+    problem(system.query.get("/orders/no-such-order/events"), 404, "order-not-found")
+    problem(system.query.get("/orders/no-such-order", version=1), 404, "order-not-found")

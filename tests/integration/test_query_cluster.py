@@ -445,6 +445,20 @@ def test_every_instance_answers_every_order_as_the_log_folds_it(
             assert response.headers["etag"] == etag
             assert response.headers["served-by"] == owners[partition_of(order_id)]
 
+    # History and time travel are routed the same way: every instance, the owner's answer.
+    for query in queries:
+        for order_id in ("1", *ids[:6]):
+            owner = owners[partition_of(order_id)]
+            events = query.get(f"/orders/{order_id}/events", limit=1000)
+            assert events.status_code == 200, (query.url, order_id, events.text)
+            assert events.headers["served-by"] == owner
+            versions = [e["version"] for e in events.json()]
+            assert versions == list(range(1, log.versions[order_id] + 1)), (query.url, order_id)
+            assert {e["partition"] for e in events.json()} == {partition_of(order_id)}
+            first = query.get(f"/orders/{order_id}", version=1)
+            assert first.status_code == 200 and first.headers["etag"] == '"1"', first.text
+            assert first.headers["served-by"] == owner
+
     missing = [f"missing-{n}" for n in range(30)]
     assert {partition_of(i) for i in missing} == set(range(PARTITIONS))
     for query in queries:

@@ -11,6 +11,7 @@ import msgspec
 from es_orders.codec import encode_state
 from es_orders.domain import OrderState, OrderStatus
 from es_orders.runtime.clients import Counters
+from es_orders.runtime.history import HistoryOffError
 from es_orders.runtime.views import HeldPartition, Readiness
 
 T0 = datetime(2026, 11, 28, 14, 0, tzinfo=UTC)
@@ -70,6 +71,14 @@ class InMemoryView:
 
     def readiness(self) -> Readiness:
         return self.state_of_readiness
+
+    def events(self, order_id: str, after_version: int, limit: int) -> None:
+        raise HistoryOffError("no history in memory")
+
+    def events_until(
+        self, order_id: str, *, version: int | None = None, timestamp: int | None = None
+    ) -> None:
+        raise HistoryOffError("no history in memory")
 
     def stats(self) -> dict[str, object]:
         # As MaterializedView reports them: the counters, as they are (no workers).

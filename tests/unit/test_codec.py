@@ -201,3 +201,15 @@ def test_the_optional_idempotency_member_round_trips_and_is_absent_otherwise() -
     bad["idempotency"]["key"] = "a b"
     with pytest.raises(CodecError):
         decode_record(b"1", json.dumps(bad).encode(), 0)
+
+
+def test_a_kept_event_decodes_typed_or_as_upcast_from_a_legacy_record() -> None:
+    typed = OrderCreated("e1", "o1", 1, datetime(2026, 1, 2, tzinfo=UTC), "u", "p", 2, 300)
+    assert codec.decode_kept_event(codec.encode_event(typed)) == typed
+    update = codec.LegacyUpdate("o2", None, "p", None, 5, datetime(2026, 1, 2, tzinfo=UTC))
+    (created,) = codec.upcast(update, None)
+    assert codec.decode_kept_event(codec.encode_event(created)) == created
+    with pytest.raises(codec.CodecError, match="invalid event"):
+        codec.decode_kept_event(b'{"type": "OrderCreated"}')
+    with pytest.raises(codec.CodecError, match="not valid JSON"):
+        codec.decode_kept_event(b"{")

@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Path, Request, Response
 from fastapi.security import HTTPBearer
 from fastapi.types import DecoratedCallable
+from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 
 from es_orders import __version__
@@ -28,6 +29,7 @@ from es_orders.codec import encode_state
 from es_orders.command.auth import BearerTokenMiddleware
 from es_orders.command.errors import CommandUnavailableError, IdempotencyKeyReusedError
 from es_orders.command.handler import Accepted, CommandHandler
+from es_orders.command.metrics import CommandOutcomes
 from es_orders.command.models import (
     CancelOrderBody,
     ChangePriceBody,
@@ -56,6 +58,7 @@ from es_orders.domain import (
 from es_orders.http import ProblemError, install_problem_handlers, problem_responses
 from es_orders.http.bodies import install_body_rules
 from es_orders.http.health import add_health_routes
+from es_orders.http.metrics import ForwardCollector, install_metrics
 from es_orders.http.openapi import JSON_MEDIA_TYPE, install_openapi, order_state_content
 from es_orders.http.problems import (
     ORDER_IN_DOUBT,
@@ -122,9 +125,12 @@ def _etag(version: int) -> str:
 class _Commands:
     """Where a command goes: decided here, or forwarded to the instance holding its order."""
 
-    def __init__(self, handler: CommandHandler, cluster: Cluster | None) -> None:
+    def __init__(
+        self, handler: CommandHandler, cluster: Cluster | None, outcomes: CommandOutcomes
+    ) -> None:
         self.handler = handler
         self.cluster = cluster
+        self.outcomes = outcomes
 
     async def run(
         self,
@@ -149,9 +155,13 @@ class _Commands:
             problem = problem_for(
                 exc, command, order_id_in=order_id_in, readiness=handler.readiness()
             )
+            self.outcomes.refused(command, problem)
             raise self._served(problem) from exc
         except IdempotencyKeyReusedError as exc:
-            raise self._served(key_reused_problem(exc)) from exc
+            problem = key_reused_problem(exc)
+            self.outcomes.refused(command, problem)
+            raise self._served(problem) from exc
+        self.outcomes.accepted(command, accepted)
         response.headers["ETag"] = _etag(accepted.version)
         if accepted.replayed:
             response.headers[IDEMPOTENT_REPLAYED] = "true"
@@ -222,10 +232,12 @@ def create_command_app(
     api_token: str | None = None,
     new_order_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    collectors: Iterable[Collector] = (),
 ) -> FastAPI:
     """The command service's FastAPI app; writes need ``api_token`` as a bearer token if set,
     and a body larger than ``max_body_bytes`` is refused (413). With ``cluster``, commands
-    on orders other instances hold are forwarded to them."""
+    on orders other instances hold are forwarded to them. ``GET /metrics`` has the figures
+    of ``collectors`` (the fold's) besides the app's own."""
     app = FastAPI(
         title="es-orders command service",
         version=__version__,
@@ -238,12 +250,15 @@ def create_command_app(
     install_openapi(app)
     if cluster is not None:
         app.router.on_shutdown.append(cluster.close)
-    commands = _Commands(handler, cluster)
     # Enforced by the middleware; the dependency only puts the scheme into the OpenAPI document.
     documented_auth: list[Any] = []
     if api_token:
         app.add_middleware(BearerTokenMiddleware, token=api_token)
         documented_auth = [Depends(HTTPBearer(auto_error=False))]
+    # After the bearer token's middleware, so that its 401s are measured too.
+    forwards = [ForwardCollector(cluster.forwards)] if cluster is not None else []
+    registry = install_metrics(app, [*forwards, *collectors])
+    commands = _Commands(handler, cluster, CommandOutcomes(registry))
 
     def new_id(key: str | None) -> str:
         if key is not None:

@@ -28,6 +28,7 @@ from es_orders.query.reads import describe_self
 from es_orders.query.routing import Cluster
 from es_orders.runtime.clients import MaterializerConfig
 from es_orders.runtime.materializer import Materializer
+from es_orders.runtime.metrics import FoldCollector
 from es_orders.runtime.partition import Phase
 from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.view import MaterializedView
@@ -155,6 +156,7 @@ def run_command_service(settings: Settings, *, simulator_rate: float) -> int:
         cluster=cluster,
         api_token=settings.api_token or None,
         max_body_bytes=settings.max_body_bytes,
+        collectors=[FoldCollector(lambda: board.snapshot)],
     )
     workers: dict[str, Worker] = {
         "idempotency-index": index,

@@ -147,6 +147,9 @@ COMMAND_TIMEOUT = ProblemKind("command-timeout", 503, "Command timed out")
 ORDER_IN_DOUBT = ProblemKind("order-in-doubt", 503, "Order in doubt")
 ORDER_CONTENDED = ProblemKind("order-contended", 503, "Order contended")
 VERSION_NOT_VISIBLE = ProblemKind("version-not-visible", 503, "Version not visible yet")
+HISTORY_OFF = ProblemKind("history-off", 501, "History not kept")
+HISTORY_REBUILDING = ProblemKind("history-rebuilding", 503, "History being rebuilt")
+CHANGES_UNAVAILABLE = ProblemKind("changes-unavailable", 503, "Live changes unavailable")
 CATALOGUE = (
     UNAUTHORIZED,
     ORDER_NOT_FOUND,
@@ -163,6 +166,9 @@ CATALOGUE = (
     ORDER_IN_DOUBT,
     ORDER_CONTENDED,
     VERSION_NOT_VISIBLE,
+    HISTORY_OFF,
+    HISTORY_REBUILDING,
+    CHANGES_UNAVAILABLE,
 )
 
 
@@ -297,6 +303,22 @@ def order_not_found_problem(order_id: str) -> ProblemError:
     quoted whole."""
     quoted = clip(order_id, MAX_ID_LENGTH)
     return ORDER_NOT_FOUND(f'no order with id "{quoted}"', extra={"order_id": quoted})
+
+
+def history_rebuilding_problem(partition: int, retry_after: int = 5) -> ProblemError:
+    """The 503 of a history request while the partition's history is rebuilt from the
+    events topic (after a restore from the changelog); its latest states are served."""
+    return HISTORY_REBUILDING(
+        f"the history of partition {partition} is being rebuilt from the events topic; "
+        "the latest state is served meanwhile; retry later",
+        extra={"partition": partition},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def history_off_problem() -> ProblemError:
+    """The 501 of a history request to a service that keeps none."""
+    return HISTORY_OFF("this query service keeps no history of the orders (ES_ORDERS_HISTORY=off)")
 
 
 def payload_too_large_problem(max_body_bytes: int) -> ProblemError:

@@ -10,22 +10,28 @@ service (``http.openapi``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Path, Query, Request, Response
+from prometheus_client.registry import Collector
+from pydantic import AwareDatetime
 
 from es_orders import __version__
 from es_orders.http import install_problem_handlers, problem_responses
 from es_orders.http.health import add_health_routes
+from es_orders.http.metrics import ForwardCollector, install_metrics
 from es_orders.http.openapi import (
     JSON_MEDIA_TYPE,
     install_openapi,
     order_state_content,
     order_states_content,
 )
+from es_orders.http.problems import InvalidInput, validation_problem
+from es_orders.query.changes import ChangeFeed, add_change_routes
+from es_orders.query.dashboard import add_dashboard_routes
 from es_orders.query.members import Directory, new_instance_id
 from es_orders.query.models import ClusterModel, StatsModel
 from es_orders.query.reads import FORWARDED_FROM, ClusterReads
@@ -37,6 +43,23 @@ MAX_PAGE_SIZE = 1000
 # Read your writes: how long GET /orders/{id}?min_version= waits by default, and at most.
 DEFAULT_WAIT = 5.0
 MAX_WAIT = 30.0
+MAX_VERSION = 2**63 - 1  # a SQLite INTEGER
+# A page of GET /orders/{id}/events. The event's own schema is the wire format's
+# (docs/architecture.md): any of the five event types.
+EVENT_PAGE_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["version", "partition", "offset", "timestamp", "event"],
+        "properties": {
+            "version": {"type": "integer", "minimum": 1},
+            "partition": {"type": "integer", "minimum": 0},
+            "offset": {"type": "integer", "minimum": 0},
+            "timestamp": {"type": "string", "format": "date-time"},
+            "event": {"type": "object", "description": "The event's wire JSON."},
+        },
+    },
+}
 
 
 def _next_link(request: Request, limit: int, last_id: str, scope: str) -> str:
@@ -48,9 +71,31 @@ def _next_link(request: Request, limit: int, last_id: str, scope: str) -> str:
     return f'<{root}/orders?{query}>; rel="next"'
 
 
-def create_query_app(view: OrderView, cluster: Cluster | None = None) -> FastAPI:
+def _one_of(**given: object) -> None:
+    """Refuse a read that names more than one point in the order's life."""
+    named = [name for name, value in given.items() if value is not None]
+    if len(named) > 1:
+        raise validation_problem(
+            [
+                InvalidInput(
+                    ("query", name), f"give one of {', '.join(given)}, not several", given[name]
+                )
+                for name in named
+            ]
+        )
+
+
+def create_query_app(
+    view: OrderView,
+    cluster: Cluster | None = None,
+    collectors: Iterable[Collector] = (),
+    changes: ChangeFeed | None = None,
+) -> FastAPI:
     """The query service's FastAPI app, answering from ``view`` and, for partitions other
     instances hold, through ``cluster`` (default: an instance that knows no other).
+    ``GET /metrics`` has the figures of ``collectors`` (the fold's) besides the app's own.
+    ``GET /changes`` streams from ``changes`` (None: it answers 503); ``GET /`` is the
+    dashboard.
 
     The handlers are ``async`` although the view reads SQLite: a read is tens of
     microseconds on a connection the thread keeps, while handing it to the threadpool
@@ -76,6 +121,7 @@ def create_query_app(view: OrderView, cluster: Cluster | None = None) -> FastAPI
     )
     install_problem_handlers(app)
     install_openapi(app)
+    install_metrics(app, [ForwardCollector(cluster.forwards), *collectors])
     reads = ClusterReads(view, cluster)
 
     @app.get(
@@ -128,6 +174,41 @@ def create_query_app(view: OrderView, cluster: Cluster | None = None) -> FastAPI
             headers["Link"] = _next_link(request, limit, page[-1][0], scope)
         return Response(content=body, media_type=JSON_MEDIA_TYPE, headers=headers)
 
+    # Declared before /orders/{order_id:path}, which would take "x/events" for an id.
+    @app.get(
+        "/orders/{order_id:path}/events",
+        tags=["orders"],
+        summary="An order's events in version order: its history",
+        responses={
+            200: {
+                "description": "A page of the order's events, each its wire JSON (`event`) "
+                "with the partition, offset and timestamp of its record; a legacy record "
+                'appears as the events it was upcast into. `Link: <…>; rel="next"` when '
+                "more follow.",
+                "content": {JSON_MEDIA_TYPE: {"schema": EVENT_PAGE_SCHEMA}},
+                "headers": {"Link": {"schema": {"type": "string"}}},
+            },
+            **problem_responses(404, 422, 500, 501, 503),
+        },
+    )
+    async def get_order_events(
+        request: Request,
+        order_id: Annotated[str, Path(description="The order's id.", examples=["1"])],
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE_SIZE, description="Events per page.")
+        ] = DEFAULT_PAGE_SIZE,
+        after_version: Annotated[
+            int, Query(ge=0, le=MAX_VERSION, description="Return events after this version.")
+        ] = 0,
+    ) -> Response:
+        return await reads.events(
+            order_id,
+            after_version=after_version,
+            limit=limit,
+            root=request.scope.get("root_path", ""),
+            forwarded=FORWARDED_FROM in request.headers,
+        )
+
     # ":path" lets an id holding "/" (ids are any string) be fetched as /orders/a%2Fb.
     @app.get(
         "/orders/{order_id:path}",
@@ -144,7 +225,7 @@ def create_query_app(view: OrderView, cluster: Cluster | None = None) -> FastAPI
                 },
             },
             304: {"description": "The state still has the version named in If-None-Match."},
-            **problem_responses(404, 422, 500, 503),
+            **problem_responses(404, 422, 500, 501, 503),
         },
     )
     async def get_order(
@@ -168,13 +249,41 @@ def create_query_app(view: OrderView, cluster: Cluster | None = None) -> FastAPI
                 "before a 503 version-not-visible; 0 answers at once.",
             ),
         ] = DEFAULT_WAIT,
+        version: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=MAX_VERSION,
+                description="Time travel: the state the order had at this version (its "
+                "events up to it, folded); 404 if it was created later.",
+            ),
+        ] = None,
+        as_of: Annotated[
+            AwareDatetime | None,
+            Query(
+                description="Time travel: the state the order had at this instant (RFC 3339, "
+                "with its offset), from its events recorded by then; 404 if it was "
+                "created later.",
+                examples=["2026-11-30T17:00:00Z"],
+            ),
+        ] = None,
     ) -> Response:
+        forwarded = FORWARDED_FROM in request.headers
+        if version is not None or as_of is not None:
+            _one_of(version=version, as_of=as_of, min_version=min_version)
+            return await reads.order_at(
+                order_id,
+                version=version,
+                as_of=as_of,
+                if_none_match=if_none_match,
+                forwarded=forwarded,
+            )
         return await reads.order(
             order_id,
             if_none_match=if_none_match,
             min_version=min_version,
             wait=wait,
-            forwarded=FORWARDED_FROM in request.headers,
+            forwarded=forwarded,
         )
 
     @app.get(
@@ -203,4 +312,6 @@ def create_query_app(view: OrderView, cluster: Cluster | None = None) -> FastAPI
     async def stats() -> StatsModel:
         return StatsModel.model_validate(view.stats())
 
+    add_change_routes(app, changes)
+    add_dashboard_routes(app)
     return app

@@ -52,6 +52,10 @@ class MemberPartition(msgspec.Struct, frozen=True):
     phase: str  # restoring, catching-up or caught-up
     consumed: int | None = None  # next offset of the events topic to fold
     end: int | None = None  # the partition's end as last fetched
+    # Its history: complete, rebuilding (then how far, of what), or None: not kept.
+    history: str | None = None
+    history_rebuilt: int | None = None
+    history_target: int | None = None
 
     @property
     def lag(self) -> int | None:

@@ -59,6 +59,17 @@ class ClusterPartitionModel(BaseModel):
     consumed: int | None = Field(description="Next offset of the events topic to fold.")
     end: int | None = Field(description="The partition's end as the member last fetched it.")
     lag: int | None = Field(description="Records between the two; null before a fetch.")
+    history: str | None = Field(
+        default=None,
+        description="Its orders' history: complete, rebuilding (after a restore from the "
+        "changelog; history requests answer 503 meanwhile), or null: not kept.",
+    )
+    history_rebuilt: int | None = Field(
+        default=None, description="While rebuilding: the next offset of the events to fold."
+    )
+    history_target: int | None = Field(
+        default=None, description="While rebuilding: the offset the rebuild ends below."
+    )
 
 
 class MemberModel(BaseModel):

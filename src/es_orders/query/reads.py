@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import msgspec
 from fastapi import Response
 
-from es_orders.codec import state_version
+from es_orders.codec import encode_state, format_instant, state_version
 from es_orders.http.openapi import JSON_MEDIA_TYPE
 from es_orders.http.problems import (
     ProblemError,
+    history_off_problem,
+    history_rebuilding_problem,
     order_not_found_problem,
     partition_unavailable_problem,
     version_not_visible_problem,
@@ -34,7 +38,8 @@ from es_orders.query.routing import (
     Forwarded,
     OwnerUnreachableError,
 )
-from es_orders.runtime.views import OrderView, PartitionNotHeldError, Readiness
+from es_orders.runtime.history import HistoryOffError, HistoryRebuildingError, state_of
+from es_orders.runtime.views import EventRow, OrderView, PartitionNotHeldError, Readiness
 
 Rows = list[tuple[str, bytes]]
 # While waiting for a version (``min_version``): the first look again after 2 ms, then
@@ -74,7 +79,12 @@ def _relayed(answer: Forwarded) -> Response:
 
 def describe_self(view: OrderView) -> tuple[bool, tuple[str, ...], tuple[MemberPartition, ...]]:
     """What this instance writes to the members topic: readiness and partitions held."""
-    partitions = tuple(MemberPartition(p.number, p.phase, p.consumed, p.end) for p in view.held())
+    partitions = tuple(
+        MemberPartition(
+            p.number, p.phase, p.consumed, p.end, p.history, p.history_rebuilt, p.history_target
+        )
+        for p in view.held()
+    )
     readiness = view.readiness()
     return readiness.ready, readiness.waiting_for, partitions
 
@@ -166,6 +176,99 @@ class ClusterReads:
         if if_none_match is not None and matches_any(if_none_match, etag):
             return Response(status_code=304, headers=headers)
         return Response(content=state, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+    # -- history ---------------------------------------------------------------------
+
+    async def events(
+        self, order_id: str, *, after_version: int, limit: int, root: str, forwarded: bool
+    ) -> Response:
+        """A page of the order's events, from the instance that holds it."""
+
+        def here() -> Response:
+            found = self._view.events(order_id, after_version, limit + 1)
+            if found is None:
+                raise order_not_found_problem(order_id)
+            number, rows = found
+            body = b"[" + b",".join(_event_item(number, row) for row in rows[:limit]) + b"]"
+            headers = dict(self.served_by)
+            if len(rows) > limit:
+                path = f"{root}/orders/{quote(order_id, safe='')}/events"
+                query = f"limit={limit}&after_version={rows[limit - 1][0]}"
+                headers["Link"] = f'<{path}?{query}>; rel="next"'
+            return Response(content=body, media_type=JSON_MEDIA_TYPE, headers=headers)
+
+        params = [("limit", str(limit)), ("after_version", str(after_version))]
+        path = f"/orders/{quote(order_id, safe='')}/events"
+        return await self._routed(order_id, here, path, params, forwarded)
+
+    async def order_at(
+        self,
+        order_id: str,
+        *,
+        version: int | None,
+        as_of: datetime | None,
+        if_none_match: str | None,
+        forwarded: bool,
+    ) -> Response:
+        """The order's state at ``version``, or as of the instant ``as_of``: its events
+        up to there, folded."""
+
+        def here() -> Response:
+            timestamp = None if as_of is None else int(as_of.timestamp() * 1000)
+            events = self._view.events_until(order_id, version=version, timestamp=timestamp)
+            if events is None:
+                raise order_not_found_problem(order_id)
+            state = state_of(events)
+            if state is None:
+                when = f"at version {version}" if version is not None else f"as of {as_of}"
+                problem = order_not_found_problem(order_id)
+                problem.detail = f"{problem.detail} {when}: it was created later"
+                raise problem
+            return self._answer(order_id, encode_state(state), if_none_match)
+
+        params = [("version", str(version))] if version is not None else []
+        if as_of is not None:
+            params.append(("as_of", format_instant(as_of)))
+        headers = {} if if_none_match is None else {"If-None-Match": if_none_match}
+        path = f"/orders/{quote(order_id, safe='')}"
+        return await self._routed(order_id, here, path, params, forwarded, headers)
+
+    async def _routed(
+        self,
+        order_id: str,
+        here: Callable[[], Response],
+        path: str,
+        params: list[tuple[str, str]],
+        forwarded: bool,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """``here()`` if this instance holds the order's partition, else the answer of the
+        instance that does (``path`` with ``params``); every answer names who gave it."""
+        cluster = self._cluster
+        number = cluster.partition_of(order_id)
+        try:
+            if self._view.holds(number):
+                try:
+                    return here()
+                except PartitionNotHeldError as exc:
+                    raise unavailable(exc.partition) from exc
+                except HistoryRebuildingError as exc:
+                    raise history_rebuilding_problem(exc.partition) from exc
+                except HistoryOffError as exc:
+                    raise history_off_problem() from exc
+            if forwarded:
+                raise unavailable(number, "forwarded here, but not held here")
+            owner = cluster.owner(number)
+            if owner is None:
+                raise unavailable(number, "no instance holds it now")
+            try:
+                answer = await cluster.forward(owner.record.url, path, params, headers or {})
+            except OwnerUnreachableError as exc:
+                raise unavailable(number, str(exc)) from exc
+            return _relayed(answer)
+        except ProblemError as problem:
+            problem.headers.setdefault(SERVED_BY, cluster.url)
+            raise
 
     # -- pages -----------------------------------------------------------------------
 
@@ -283,6 +386,20 @@ class ClusterReads:
         return ClusterModel(members=members, owners=owners)
 
 
+def _event_item(partition: int, row: EventRow) -> bytes:
+    """One event of a history page: its wire JSON as stored (never decoded and encoded
+    again), with where and when it was recorded."""
+    version, offset, timestamp, event = row
+    recorded = format_instant(datetime.fromtimestamp(timestamp / 1000, UTC))
+    return b'{"version":%d,"partition":%d,"offset":%d,"timestamp":"%s","event":%s}' % (
+        version,
+        partition,
+        offset,
+        recorded.encode(),
+        event,
+    )
+
+
 def _partition_model(part: MemberPartition) -> ClusterPartitionModel:
     return ClusterPartitionModel(
         partition=part.partition,
@@ -290,6 +407,9 @@ def _partition_model(part: MemberPartition) -> ClusterPartitionModel:
         consumed=part.consumed,
         end=part.end,
         lag=part.lag,
+        history=part.history,
+        history_rebuilt=part.history_rebuilt,
+        history_target=part.history_target,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
@@ -75,6 +76,9 @@ class Cluster:
     directory: Directory
     timeout: float = FORWARD_TIMEOUT
     started_at: float = field(default_factory=time.time)
+    # Requests forwarded, by (method, outcome): the holder's status code, "no_connection"
+    # or "no_answer" (GET /metrics, ``http.metrics.ForwardCollector``).
+    forwards: Counter[tuple[str, str]] = field(default_factory=Counter, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
 
     def partition_of(self, order_id: str) -> int:
@@ -136,10 +140,13 @@ class Cluster:
             ) as response:
                 answer = await response.read()
                 kept = {k: response.headers[k] for k in RELAYED_HEADERS if k in response.headers}
+                self.forwards[(method, str(response.status))] += 1
                 return Forwarded(response.status, kept, answer)
         except aiohttp.ClientConnectorError as exc:
             log.debug("forward to %s failed: %r", url, exc)
+            self.forwards[(method, "no_connection")] += 1
             raise OwnerUnreachableError(url, type(exc).__name__, sent=False) from exc
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.debug("forward to %s failed: %r", url, exc)
+            self.forwards[(method, "no_answer")] += 1
             raise OwnerUnreachableError(url, type(exc).__name__) from exc

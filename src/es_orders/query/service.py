@@ -7,10 +7,12 @@ import logging
 from es_orders.config import Settings
 from es_orders.kafka.admin import ensure_topics, members_topic_spec, topic_specs
 from es_orders.query.api import create_query_app
+from es_orders.query.changes import ChangeFeed
 from es_orders.query.members import Directory, Membership, new_instance_id
 from es_orders.query.reads import describe_self
 from es_orders.query.routing import Cluster
 from es_orders.runtime.clients import MaterializerConfig
+from es_orders.runtime.metrics import FoldCollector
 from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.view import MaterializedView
 from es_orders.runtime.workers import FoldWorkers
@@ -30,6 +32,7 @@ def query_materializer_config(settings: Settings) -> MaterializerConfig:
         partitions=settings.partitions,
         cache_bytes=int(settings.cache_mb * 2**20),
         max_batch=settings.max_batch,
+        history=settings.history,
     )
 
 
@@ -43,7 +46,7 @@ def run_query_service(settings: Settings) -> int:
     config = query_materializer_config(settings)
     board = StatusBoard(config.state_dir, config.group_id, config.source_topic, settings.workers)
     workers = FoldWorkers(config, board, settings.workers)
-    view = MaterializedView(board, settings.partitions)
+    view = MaterializedView(board, settings.partitions, history=settings.history)
     instance, url = new_instance_id(), settings.query_url()
     directory = Directory()
     members = Membership(
@@ -56,7 +59,14 @@ def run_query_service(settings: Settings) -> int:
     )
     board.listeners.append(members.changed)  # a new assignment is published at once
     cluster = Cluster(instance, url, settings.partitions, directory)
-    app = create_query_app(view, cluster)
+    changes = ChangeFeed(
+        settings.kafka_config(),
+        settings.state_topic,
+        heartbeat_s=settings.changes_heartbeat_s,
+        queue_size=settings.changes_queue_size,
+        max_streams=settings.changes_max_streams,
+    )
+    app = create_query_app(view, cluster, [FoldCollector(lambda: board.snapshot)], changes=changes)
 
     def started() -> None:
         log.info(
@@ -76,6 +86,6 @@ def run_query_service(settings: Settings) -> int:
         app,
         settings.host,
         settings.query_port,
-        {"fold-workers": workers, "members": members},
+        {"fold-workers": workers, "members": members, "changes": changes},
         on_started=started,
     )

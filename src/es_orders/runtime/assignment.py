@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.clients import Counters, MaterializerConfig
+from es_orders.runtime.history import HistoryRebuilder
 from es_orders.runtime.origin import current_origin, differences
 from es_orders.runtime.partition import AssignedPartition, Phase, store_path
 from es_orders.runtime.restore import (
@@ -47,6 +48,7 @@ class Assignment:
         *,
         changed: Callable[[bool], None],
         cancelled: Callable[[], bool],
+        rebuilder: HistoryRebuilder | None = None,
     ) -> None:
         self._config = config
         self._restorer = restorer
@@ -56,6 +58,7 @@ class Assignment:
         # others) or made progress (False: may be throttled).
         self._changed = changed
         self._cancelled = cancelled
+        self._rebuilder = rebuilder
         self.partitions: dict[int, AssignedPartition] = {}
         self.joined = False
         # Set when a callback takes partitions away; ``consume`` serves callbacks, so it
@@ -97,6 +100,10 @@ class Assignment:
             start = max(local if local is not None else -1, group_offset.offset)
             tp.offset = start if start >= 0 else OFFSET_BEGINNING
             part.consumed = start if start >= 0 else None
+            if self._config.history:
+                self._keep_history(part, local, start)
+            else:
+                part.store.set_history_from(None)  # what it kept has a hole from now on
             part.phase = Phase.CATCHING_UP
             log.info(
                 "partition ready to fold partition=%d from_offset=%s orders=%d",
@@ -106,6 +113,24 @@ class Assignment:
             )
         consumer.assign(partitions)
         self._changed(True)
+
+    def _keep_history(self, part: AssignedPartition, local: int | None, start: int) -> None:
+        """Mark from which offset the partition's history will be complete, and rebuild
+        what lies below it. The fold writes the history of every record from ``start`` on,
+        except of those a restored row is already past (they count as replays): so the
+        history will be complete from past both, and from before if it was complete up to
+        there (``history_from`` to ``local``)."""
+        marker = part.store.history_from()
+        complete_from = max(start, part.restored_newest + 1, 0)
+        folded_to = local if local is not None else marker
+        if marker is None or folded_to is None or complete_from > folded_to:
+            marker = complete_from
+            part.store.set_history_from(marker)
+        part.history = True
+        if marker > 0 and self._rebuilder is not None:
+            part.rebuild = self._rebuilder.rebuild(
+                part.number, part.path, part.store.generation, marker
+            )
 
     def _check_origin(self, part: AssignedPartition, origin: dict[str, str]) -> None:
         """Discard a store whose positions belong to another cluster or topic; stamp it."""
@@ -152,6 +177,7 @@ class Assignment:
             for result in restored:
                 self._counters.restored_records += result.records
                 parts[result.partition].restore_seconds = result.seconds
+                parts[result.partition].restored_newest = result.newest_source
                 log.info(
                     "partition restored partition=%d records=%d seconds=%.2f",
                     result.partition,
@@ -183,6 +209,8 @@ class Assignment:
         for tp in partitions:
             part = self.partitions.pop(tp.partition, None)
             if part is not None:
+                if self._rebuilder is not None and part.rebuild is not None:
+                    self._rebuilder.cancel(part.number)
                 part.close()
         self._changed(True)
 

@@ -21,7 +21,7 @@ from es_orders.projection import Stored
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.partition import AssignedPartition
 from es_orders.runtime.replication import Replicator
-from es_orders.runtime.store import Row
+from es_orders.runtime.store import HistoryRow, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +39,12 @@ def checkpoint(
     cache: StateCache,
     changed: dict[int, dict[str, Stored]],
     last: dict[int, int],
+    history: dict[int, list[HistoryRow]] | None = None,
 ) -> Checkpointed:
     """Make the batch that ended at ``last`` (partition -> offset) durable; see above.
 
-    ``changed`` holds, per partition, the new state of every order the batch changed.
+    ``changed`` holds, per partition, the new state of every order the batch changed;
+    ``history``, per partition, the events that changed them (when history is kept).
     """
     rows: dict[int, list[Row]] = {}
     for number in last:
@@ -56,7 +58,8 @@ def checkpoint(
     changelog_next = replicator.flush()
     for number, offset in last.items():
         part = partitions[number]
-        part.store.checkpoint(rows[number], offset + 1, changelog_next.get(number))
+        part_history = history.get(number, ()) if history else ()
+        part.store.checkpoint(rows[number], offset + 1, changelog_next.get(number), part_history)
         part.consumed = offset + 1
         cache.written(number, changed.get(number, {}), sum(len(r[1]) for r in rows[number]))
     consumer.commit(

@@ -38,6 +38,9 @@ class MaterializerConfig:
     # blocks the fold for a broker round trip and a SQLite commit, 20-30 ms at times, and
     # one a record delayed every confirmation behind it.
     checkpoint_interval: float = 0.0
+    # Keep every order's events in its partition's store (``runtime.history``): the query
+    # service's history and time travel. The command service needs only the latest state.
+    history: bool = False
 
 
 class Counters(msgspec.Struct):
@@ -51,7 +54,9 @@ class Counters(msgspec.Struct):
     dead_letters: int = 0
     changelog_records: int = 0
     restored_records: int = 0
-    batches: int = 0
+    batches: int = 0  # each checkpointed once: also how many checkpoints were timed
+    # Wall-clock seconds spent in checkpoints (changelog, SQLite, offsets), all batches.
+    checkpoint_seconds: float = 0.0
     # Wall-clock seconds of the first record consumed and the last batch checkpointed:
     # (last - first) over ``consumed`` is the fold throughput a benchmark reads.
     first_record_at: float = 0.0

@@ -35,9 +35,11 @@ from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.checkpoint import checkpoint
 from es_orders.runtime.clients import Counters, MaterializerConfig, open_clients
-from es_orders.runtime.partition import Phase
+from es_orders.runtime.history import HistoryRebuilder, upcast_rows
+from es_orders.runtime.partition import AssignedPartition, Phase
 from es_orders.runtime.replication import ReplicationError, Replicator
 from es_orders.runtime.status import PartitionStatus, WorkerStatus
+from es_orders.runtime.store import HistoryRow
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,8 @@ class _Batch:
         self.last: dict[int, int] = {}
         self.at_end: list[int] = []
         self.dead: list[tuple[Message, str]] = []
+        # The events each partition's orders were changed by, when history is kept.
+        self.history: dict[int, list[HistoryRow]] = {}
 
     @property
     def changed_states(self) -> int:
@@ -93,6 +97,7 @@ class _Batch:
         self.last = {n: o for n, o in self.last.items() if n in held}
         self.at_end = [n for n in self.at_end if n in held]
         self.dead = [(m, e) for m, e in self.dead if m.partition() in held]
+        self.history = {n: h for n, h in self.history.items() if n in held}
 
 
 class StopFlag(Protocol):
@@ -113,6 +118,12 @@ class FoldObserver(Protocol):
 
 
 _LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
+
+
+def _history_phase(part: AssignedPartition) -> str | None:
+    if not part.history:
+        return None
+    return "rebuilding" if part.rebuild is not None and not part.rebuild.done else "complete"
 
 
 def _release_free_memory() -> None:
@@ -151,6 +162,7 @@ class Materializer:
         self._replicator: Replicator | None = None
         self._restorer: Consumer | None = None
         self._assignment: Assignment | None = None
+        self._rebuilder: HistoryRebuilder | None = None
         self._told_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
@@ -164,6 +176,8 @@ class Materializer:
         """Consume, fold, replicate and checkpoint until stopped; then leave the group."""
         clients = open_clients(self.config)
         self._consumer, self._restorer, self._replicator = clients
+        if self.config.history:
+            self._rebuilder = HistoryRebuilder(self.config.source_topic, self.config.kafka)
         assignment = self._assignment = Assignment(
             self.config,
             clients.restorer,
@@ -171,6 +185,7 @@ class Materializer:
             self.counters,
             changed=self._tell,
             cancelled=self._stop.is_set,
+            rebuilder=self._rebuilder,
         )
         consumer = clients.consumer
         consumer.subscribe(
@@ -280,6 +295,8 @@ class Materializer:
             self._replicator.close()
         if self._restorer is not None:
             self._restorer.close()
+        if self._rebuilder is not None:
+            self._rebuilder.close()
         if self._assignment is not None:
             self._assignment.close()
         self._tell(True)
@@ -307,6 +324,9 @@ class Materializer:
                     consumed=p.consumed,
                     end=self._end_offset(p.number),
                     read_to_end_at=p.read_to_end_at,
+                    history=_history_phase(p),
+                    history_rebuilt=p.rebuild.reached if p.rebuild is not None else None,
+                    history_target=p.rebuild.target if p.rebuild is not None else None,
                 )
                 for p in sorted(held.values(), key=lambda p: p.number)
             ),
@@ -360,6 +380,7 @@ class Materializer:
         if self._observer is not None:
             for topic, key, value in self._observer.checkpointing():
                 self._replicator.extra(topic, key, value)
+        started = time.perf_counter()
         done = checkpoint(
             replicator=self._replicator,
             consumer=self._consumer,
@@ -368,8 +389,10 @@ class Materializer:
             cache=self.cache,
             changed=batch.changed,
             last=batch.last,
+            history=batch.history,
         )
         counters = self.counters
+        counters.checkpoint_seconds += time.perf_counter() - started
         counters.changed += done.rows
         counters.changelog_records += done.rows
         counters.dead_letters += len(batch.dead)
@@ -378,10 +401,10 @@ class Materializer:
         if self.cache.shrink():
             _release_free_memory()
 
-    def _fold(self, records: list[Message], batch: _Batch) -> None:
+    def _fold(self, records: list[Message], batch: _Batch) -> None:  # noqa: PLR0915
         """Fold a slice of records into their orders' states (and the cache). The loop is
         the hot path: per record it does only what the fold needs, counters and lookups
-        are hoisted out of it."""
+        are hoisted out of it (hence one long function: a call per record costs more)."""
         started = time.time()
         assignment = self._assignment
         assert assignment is not None
@@ -391,6 +414,8 @@ class Materializer:
         consumed = replayed = duplicates = 0
         number, part = -1, None
         observe = self._observer.folded if self._observer is not None else None
+        keep_history = self.config.history
+        history: list[HistoryRow] | None = None
         for message in records:
             error = message.error()
             if error is not None:
@@ -403,16 +428,15 @@ class Materializer:
                 # Bound once per run of a partition's records, not once per record.
                 stored_of, states = part.stored_of, part.states
                 batch_changes = changed.setdefault(number, {})
+                if keep_history:
+                    history = batch.history.setdefault(number, [])
             last[number] = offset
             consumed += 1
             kind, timestamp = message.timestamp()
-            folded = fold_record(
-                message.key(),
-                message.value(),
-                timestamp if kind else int(started * 1000),
-                offset,
-                stored_of,
-            )
+            if not kind:
+                timestamp = int(started * 1000)
+            value = message.value()
+            folded = fold_record(message.key(), value, timestamp, offset, stored_of)
             if folded.error is not None:
                 # Sent with the checkpoint, and only if the partition is still ours then.
                 dead.append((message, str(folded.error)))
@@ -434,6 +458,12 @@ class Materializer:
                 order_id = stored.state.id
                 states[order_id] = stored
                 batch_changes[order_id] = stored
+                if history is not None:
+                    event = folded.event
+                    if event is not None:
+                        history.append((order_id, event.version, offset, timestamp, value))
+                    else:
+                        history.extend(upcast_rows(folded, offset, timestamp))
         if consumed and not counters.first_record_at:
             counters.first_record_at = started
         batch.records += len(records)

@@ -10,6 +10,7 @@ from pathlib import Path
 from es_orders.codec import decode_state
 from es_orders.projection import Stored
 from es_orders.runtime.cache import StateCache
+from es_orders.runtime.history import RebuildProgress
 from es_orders.runtime.store import PartitionStore
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,16 @@ class AssignedPartition:
         self.assigned_at = time.time()
         self.restored_records = 0
         self.restore_seconds: float | None = None
+        self.restored_newest = -1  # the highest source offset of the rows restored
         self.consumed: int | None = None  # next offset to fold, once processing has started
         self.read_to_end_at: float | None = None  # time.monotonic()
         self._cache = cache
         self.states = cache.partition(number)
         # Orders the last preload found in neither the cache nor the store: new ones.
         self._absent: set[str] = set()
+        # Whether the store keeps the history, and how far its rebuild got (None: none).
+        self.history = False
+        self.rebuild: RebuildProgress | None = None
 
     def stored_of(self, order_id: str) -> Stored | None:
         stored = self.states.get(order_id)

@@ -42,6 +42,9 @@ class Restored:
     partition: int
     records: int
     seconds: float
+    # The highest source offset among the rows read (-1: none): the fold skips records at
+    # or below a row's, so the history of what it restored must come from elsewhere.
+    newest_source: int = -1
 
 
 @dataclass
@@ -50,6 +53,7 @@ class _Progress:
     written: int
     records: int = 0
     done: bool = False
+    newest_source: int = -1
 
 
 def _source_offset(message: Message) -> int | None:
@@ -118,6 +122,7 @@ def restore_partitions(
                 state.store.restore(rows, next_offset)
                 state.written = next_offset
                 state.records += len(rows)
+                state.newest_source = max([state.newest_source, *(r[2] for r in rows)])
                 progress(number, state.records)
             if time.monotonic() - last_log > 5:
                 log.info(
@@ -129,4 +134,4 @@ def restore_partitions(
     finally:
         consumer.unassign()
     seconds = time.monotonic() - started
-    return [Restored(n, p.records, seconds) for n, p in states.items()]
+    return [Restored(n, p.records, seconds, p.newest_source) for n, p in states.items()]

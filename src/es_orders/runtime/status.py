@@ -41,6 +41,10 @@ class PartitionStatus(msgspec.Struct, frozen=True):
     # time.monotonic() of the last time the partition was read to its end (the clock is
     # system-wide on Linux, so a worker's reading means the same in the service).
     read_to_end_at: float | None = None
+    # "complete", "rebuilding" (after a restore from the changelog), or None: not kept.
+    history: str | None = None
+    history_rebuilt: int | None = None  # next offset the rebuild folds
+    history_target: int | None = None  # the rebuild ends below this offset
 
 
 class WorkerStatus(msgspec.Struct, frozen=True):

@@ -7,6 +7,14 @@ positions belong to, since an offset means nothing in another history of the top
 A checkpoint writes rows and positions in one transaction, so a
 reader (WAL mode, its own connection) never sees half a batch and a crash leaves either
 the old checkpoint or the new one.
+
+``history`` keeps every event applied to each order (its wire JSON, partition offset and
+record timestamp), written by the same checkpoint transaction as the states: one row per
+order and batch, its events packed together (``pack_history``). Its meta
+``history_from`` is the offset of the events partition from which it is complete: 0 when
+complete from the start; a larger one after a restore from the changelog (which holds
+states, not events), until the history below it is rebuilt from the events topic
+(``runtime.history``); absent while history is off.
 """
 
 from __future__ import annotations
@@ -16,17 +24,26 @@ import logging
 import random
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from es_orders.errors import EsOrdersError
 
 log = logging.getLogger(__name__)
 
 Row = tuple[str, bytes, int]  # order id, state JSON, source offset
+# Order id, version, offset of the record in the events partition, the record's timestamp
+# (Unix milliseconds), the event's wire JSON.
+HistoryRow = tuple[str, int, int, int, bytes]
+# An event as the history gives it back: version, offset, timestamp, wire JSON.
+KeptEvent = tuple[int, int, int, bytes]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -36,6 +53,25 @@ CREATE TABLE IF NOT EXISTS orders (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS origin (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    order_id TEXT NOT NULL,
+    first_version INTEGER NOT NULL,
+    last_version INTEGER NOT NULL,
+    events BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_of_order ON history (order_id, first_version, last_version);
+"""
+# Rows are appended (a new row id is past the last), so a batch fills new pages instead of
+# splitting pages all over a table clustered by order: that one wrote a 16 KiB page for
+# nearly every order of a batch over many orders. Only the index, a few dozen bytes an
+# entry, is written all over. A rebuild may write events the fold wrote too, in other
+# packs: readers take each version once.
+_INSERT_HISTORY = (
+    "INSERT INTO history (order_id, first_version, last_version, events) VALUES (?, ?, ?, ?)"
+)
+_SELECT_HISTORY = """
+SELECT events FROM history WHERE order_id = ? AND last_version > ? ORDER BY first_version
 """
 # Restore keeps, per key, the row with the highest source offset (docs/architecture.md,
 # "Exactly-once state without broker transactions").
@@ -50,6 +86,7 @@ SELECT id, state, source_offset FROM orders WHERE id IN (SELECT value FROM json_
 """
 CONSUMED = "consumed"
 CHANGELOG = "changelog"
+HISTORY_FROM = "history_from"
 # A random number drawn when the file is created. A reader is told which generation the
 # worker folding the partition holds open and reads no other: a file deleted and created
 # again (``AssignedPartition.wipe``) is never mistaken for the one it replaced.
@@ -64,6 +101,21 @@ class StoreError(EsOrdersError):
 class StorePosition:
     consumed: int | None  # next offset of the events partition to fold; None: never checkpointed
     changelog: int  # next offset of the changelog partition to restore from
+
+
+@contextmanager
+def _write(db: sqlite3.Connection, path: Path) -> Iterator[sqlite3.Connection]:
+    """One write transaction: all of it or, on any error, none of it."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot write state store {path}: {exc}") from exc
 
 
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -130,18 +182,8 @@ class PartitionStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM orders").fetchone()[0])
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _write(self._db, self.path)
 
     def restore(self, rows: Iterable[Row], changelog_next: int) -> None:
         """Apply changelog rows (newest source offset wins) and remember how far it was read."""
@@ -149,15 +191,73 @@ class PartitionStore:
             db.executemany(_UPSERT_NEWER, rows)
             db.execute(_SET_META, (CHANGELOG, changelog_next))
 
-    def checkpoint(self, rows: Iterable[Row], consumed: int, changelog_next: int | None) -> None:
-        """Write a folded batch: its rows, the consumed position, the changelog position."""
+    def checkpoint(
+        self,
+        rows: Iterable[Row],
+        consumed: int,
+        changelog_next: int | None,
+        history: Iterable[HistoryRow] = (),
+    ) -> None:
+        """Write a folded batch: its rows, its events (the order's history), the consumed
+        position, the changelog position."""
         with self._transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO orders (id, state, source_offset) VALUES (?, ?, ?)", rows
             )
+            db.executemany(_INSERT_HISTORY, pack_history(history))
             db.execute(_SET_META, (CONSUMED, consumed))
             if changelog_next is not None:
                 db.execute(_SET_META, (CHANGELOG, changelog_next))
+
+    def history_from(self) -> int | None:
+        """The offset from which the history is complete; None: no history kept."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (HISTORY_FROM,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_history_from(self, offset: int | None) -> None:
+        with self._transaction() as db:
+            if offset is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (HISTORY_FROM,))
+            else:
+                db.execute(_SET_META, (HISTORY_FROM, offset))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class HistoryWriter:
+    """The history rebuild's own connection to a partition's store (another thread than
+    the fold's: SQLite serializes their transactions, each waiting for the other's)."""
+
+    def __init__(self, path: Path, generation: int) -> None:
+        self.path = path
+        try:
+            self._db = _connect(path)
+            self._db.execute("PRAGMA busy_timeout=30000")
+            found = _generation(self._db)
+        except sqlite3.Error as exc:
+            raise StoreGoneError(f"cannot open state store {path}: {exc}") from exc
+        if found != generation:
+            self._db.close()
+            raise StoreGoneError(f"state store {path} is generation {found}, not {generation}")
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _write(self._db, self.path)
+
+    def add(self, rows: list[HistoryRow]) -> None:
+        packed = pack_history(rows)
+        with self._transaction() as db:
+            db.executemany(_INSERT_HISTORY, packed)
+
+    def complete(self, below: int) -> bool:
+        """Mark the history complete, if it still lacked only what is ``below`` that offset
+        (False: the fold marked another gap meanwhile, or history was turned off)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (HISTORY_FROM,)).fetchone()
+            done = row is not None and int(row[0]) == below
+            if done:
+                db.execute(_SET_META, (HISTORY_FROM, 0))
+        return done
 
     def close(self) -> None:
         self._db.close()
@@ -222,3 +322,77 @@ class StoreReader:
             (after if after is not None else "", limit),
         )
         return [(order_id, bytes(state)) for order_id, state in rows]
+
+    def history_from(self) -> int | None:
+        """The offset from which the history is complete; None: no history kept."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (HISTORY_FROM,))
+        return int(rows[0][0]) if rows else None
+
+    def _kept(self, order_id: str, after_version: int) -> Iterator[KeptEvent]:
+        """The order's events after ``after_version`` in version order, each once."""
+        last = after_version
+        for (blob,) in self._query(_SELECT_HISTORY, (order_id, after_version)):
+            for event in _unpack(blob):
+                if event[0] > last:
+                    last = event[0]
+                    yield event
+
+    def events(self, order_id: str, after_version: int, limit: int) -> list[KeptEvent]:
+        """Up to ``limit`` of the order's events after ``after_version``, in version order:
+        (version, offset, timestamp in Unix ms, wire JSON)."""
+        return list(islice(self._kept(order_id, after_version), limit))
+
+    def events_until(
+        self, order_id: str, *, version: int | None = None, timestamp: int | None = None
+    ) -> list[bytes]:
+        """The order's events (wire JSON) in version order: up to ``version``, or those
+        before its first event recorded after ``timestamp`` (Unix ms). The first event
+        after the instant ends the prefix: a later version with an earlier timestamp (a
+        producer's clock behind) was not part of the state as of then."""
+        events = []
+        for kept_version, _, kept_at, event in self._kept(order_id, 0):
+            if (version is not None and kept_version > version) or (
+                timestamp is not None and kept_at > timestamp
+            ):
+                break
+            events.append(event)
+        return events
+
+
+# Packed: a row per event costs the fold some 7 us an event on this kind of machine (the
+# per-row work of the sqlite3 module and of SQLite's B-tree), a row per order and batch
+# a fraction of that when orders have many events. A long pack is compressed (zlib,
+# fastest level): events of one order repeat most of their bytes, and a tenth of them is
+# written. A short one is not: zlib's setup costs more than the bytes it would save.
+_COMPRESS_FROM = 4096
+_packed_decoder = msgspec.json.Decoder(list[tuple[int, int, int, msgspec.Raw]])
+
+
+def pack_history(rows: Iterable[HistoryRow]) -> list[tuple[str, int, int, bytes]]:
+    """One row per order: (order id, first version, last version, its events packed).
+    ``rows`` of an order come in version order (the order the fold applied them in)."""
+    by_order: dict[str, list[HistoryRow]] = {}
+    for row in rows:
+        kept = by_order.get(row[0])
+        if kept is None:
+            by_order[row[0]] = [row]
+        else:
+            kept.append(row)
+    packed = []
+    for order_id, kept in by_order.items():
+        if len(kept) == 1:  # most orders of a batch over many orders: formatted at once
+            _, v, o, t, e = kept[0]
+            packed.append((order_id, v, v, b"[[%d,%d,%d,%s]]" % (v, o, t, e)))
+            continue
+        blob = b"[" + b",".join([b"[%d,%d,%d,%s]" % (v, o, t, e) for _, v, o, t, e in kept]) + b"]"
+        if len(blob) >= _COMPRESS_FROM:
+            blob = zlib.compress(blob, 1)
+        packed.append((order_id, kept[0][1], kept[-1][1], blob))
+    packed.sort()  # in key order: the B-tree is written page by page
+    return packed
+
+
+def _unpack(blob: bytes) -> list[KeptEvent]:
+    if not blob.startswith(b"["):  # compressed: a zlib stream starts with 0x78
+        blob = zlib.decompress(blob)
+    return [(v, o, t, bytes(e)) for v, o, t, e in _packed_decoder.decode(blob)]

@@ -7,9 +7,10 @@ from collections.abc import Collection
 from itertools import islice
 
 from es_orders.kafka.partitioner import partition_for
+from es_orders.runtime.history import HistoryOffError, HistoryRebuildingError
 from es_orders.runtime.status import StatusBoard
 from es_orders.runtime.store import StoreGoneError, StoreReader
-from es_orders.runtime.views import HeldPartition, PartitionNotHeldError, Readiness
+from es_orders.runtime.views import EventRow, HeldPartition, PartitionNotHeldError, Readiness
 
 
 class MaterializedView:
@@ -20,9 +21,10 @@ class MaterializedView:
     partitions and which store files it reads comes from the status board's snapshot.
     """
 
-    def __init__(self, board: StatusBoard, partitions: int) -> None:
+    def __init__(self, board: StatusBoard, partitions: int, *, history: bool = False) -> None:
         self._board = board
         self._partitions = partitions
+        self._history = history
 
     @property
     def partitions(self) -> int:
@@ -56,6 +58,55 @@ class MaterializedView:
             # The worker that held it is replacing the file: it is not readable now.
             raise PartitionNotHeldError(number) from exc
 
+    def _history_of(self, order_id: str) -> tuple[int, StoreReader] | None:
+        """The partition whose store has the order (found as ``get`` finds it), with its
+        history complete; None if the order does not exist."""
+        if not self._history:
+            raise HistoryOffError("this query service keeps no history (ES_ORDERS_HISTORY=off)")
+        readable = self._board.snapshot.readable
+        number = partition_for(order_id.encode(), self._partitions)
+        candidates = [number]
+        if len(readable) == self._partitions:
+            candidates += [n for n in sorted(readable) if n != number]
+        for candidate in candidates:
+            reader = readable.get(candidate)
+            if reader is None:
+                raise PartitionNotHeldError(candidate)
+            if self._read(candidate, reader, order_id) is None:
+                continue
+            try:
+                complete_from = reader.history_from()
+            except StoreGoneError as exc:
+                raise PartitionNotHeldError(candidate) from exc
+            if complete_from != 0:
+                raise HistoryRebuildingError(candidate)
+            return candidate, reader
+        return None
+
+    def events(
+        self, order_id: str, after_version: int, limit: int
+    ) -> tuple[int, list[EventRow]] | None:
+        found = self._history_of(order_id)
+        if found is None:
+            return None
+        number, reader = found
+        try:
+            return number, reader.events(order_id, after_version, limit)
+        except StoreGoneError as exc:
+            raise PartitionNotHeldError(number) from exc
+
+    def events_until(
+        self, order_id: str, *, version: int | None = None, timestamp: int | None = None
+    ) -> list[bytes] | None:
+        found = self._history_of(order_id)
+        if found is None:
+            return None
+        number, reader = found
+        try:
+            return reader.events_until(order_id, version=version, timestamp=timestamp)
+        except StoreGoneError as exc:
+            raise PartitionNotHeldError(number) from exc
+
     def holds(self, number: int) -> bool:
         """Whether a worker of this instance holds the partition (readable or restoring)."""
         return number in self._board.snapshot.held
@@ -65,7 +116,15 @@ class MaterializedView:
 
     def held(self) -> tuple[HeldPartition, ...]:
         return tuple(
-            HeldPartition(number, part.phase, part.consumed, part.end)
+            HeldPartition(
+                number,
+                part.phase,
+                part.consumed,
+                part.end,
+                part.history,
+                part.history_rebuilt,
+                part.history_target,
+            )
             for number, part in sorted(self._board.snapshot.held.items())
         )
 

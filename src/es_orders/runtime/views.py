@@ -27,6 +27,11 @@ class PartitionNotHeldError(EsOrdersError):
         self.partition = partition
 
 
+# One event of an order's history: its version, the offset of its record in the
+# partition, the record's timestamp (Unix ms), and the event's wire JSON.
+EventRow = tuple[int, int, int, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class HeldPartition:
     """A partition an instance holds, as other instances learn of it."""
@@ -35,6 +40,9 @@ class HeldPartition:
     phase: str  # restoring, catching-up or caught-up
     consumed: int | None = None  # next offset of the events topic to fold
     end: int | None = None  # the partition's end as last fetched
+    history: str | None = None  # complete, rebuilding, or None: not kept
+    history_rebuilt: int | None = None  # how far its rebuild folded the events topic
+    history_target: int | None = None  # the offset the rebuild ends below
 
 
 class OrderView(Protocol):
@@ -77,6 +85,24 @@ class OrderView(Protocol):
         ...
 
     def readiness(self) -> Readiness: ...
+
+    def events(
+        self, order_id: str, after_version: int, limit: int
+    ) -> tuple[int, list[EventRow]] | None:
+        """The partition holding the order, and up to ``limit`` of its events after
+        ``after_version``, in version order; None if the order does not exist.
+
+        Raises ``PartitionNotHeldError`` as ``get``; ``HistoryOffError`` when no history
+        is kept, ``HistoryRebuildingError`` while its partition's history is rebuilt.
+        """
+        ...
+
+    def events_until(
+        self, order_id: str, *, version: int | None = None, timestamp: int | None = None
+    ) -> list[bytes] | None:
+        """The order's events (wire JSON) up to ``version``, or as of ``timestamp`` (Unix
+        ms); None if the order does not exist. Raises as ``events``."""
+        ...
 
     def stats(self) -> dict[str, object]:
         """Counters of the fold since start (records consumed, dead letters, ...): counts
