@@ -21,7 +21,7 @@ from es_orders.projection import Stored
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.partition import AssignedPartition
 from es_orders.runtime.replication import Replicator
-from es_orders.runtime.store import HistoryRow, Row
+from es_orders.runtime.store import HistoryBatch, Row
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ def checkpoint(
     cache: StateCache,
     changed: dict[int, dict[str, Stored]],
     last: dict[int, int],
-    history: dict[int, list[HistoryRow]] | None = None,
+    history: dict[int, HistoryBatch] | None = None,
 ) -> Checkpointed:
     """Make the batch that ended at ``last`` (partition -> offset) durable; see above.
 
@@ -58,7 +58,7 @@ def checkpoint(
     changelog_next = replicator.flush()
     for number, offset in last.items():
         part = partitions[number]
-        part_history = history.get(number, ()) if history else ()
+        part_history = history.get(number) if history else None
         part.store.checkpoint(rows[number], offset + 1, changelog_next.get(number), part_history)
         part.consumed = offset + 1
         cache.written(number, changed.get(number, {}), sum(len(r[1]) for r in rows[number]))

@@ -27,7 +27,7 @@ from es_orders.domain import OrderState, evolve
 from es_orders.errors import EsOrdersError
 from es_orders.kafka.records import position_of
 from es_orders.projection import RecordFolded, Stored, fold_record
-from es_orders.runtime.store import HistoryRow, HistoryWriter
+from es_orders.runtime.store import HistoryBatch, HistoryWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +49,24 @@ class HistoryOffError(EsOrdersError):
     """This service keeps no history (ES_ORDERS_HISTORY=off)."""
 
 
-def upcast_rows(folded: RecordFolded, offset: int, timestamp: int) -> list[HistoryRow]:
-    """The history rows of a legacy record: the typed events it was upcast into."""
+def add_upcast(history: HistoryBatch, folded: RecordFolded, offset: int, timestamp: int) -> None:
+    """Keep what a legacy record changed: the typed events it was upcast into."""
     order_id = folded.order_id
     assert order_id is not None and folded.upcast is not None
-    return [(order_id, e.version, offset, timestamp, encode_event(e)) for e in folded.upcast]
+    for event in folded.upcast:
+        history.add(order_id, event.version, offset, timestamp, encode_event(event))
 
 
-def record_rows(
-    folded: RecordFolded, offset: int, timestamp: int, value: bytes
-) -> list[HistoryRow]:
-    """What the history keeps of a record that changed its order (the fold's hot path
-    inlines the typed case)."""
+def add_record(
+    history: HistoryBatch, folded: RecordFolded, offset: int, timestamp: int, value: bytes
+) -> None:
+    """Keep what a record that changed its order changed (the fold's loop inlines it)."""
     if folded.stored is None:
-        return []
+        return
     if folded.event is not None:
-        return [(folded.stored.state.id, folded.event.version, offset, timestamp, value)]
-    return upcast_rows(folded, offset, timestamp)
+        history.add(folded.stored.state.id, folded.event.version, offset, timestamp, value)
+    else:
+        add_upcast(history, folded, offset, timestamp)
 
 
 def state_of(events: list[bytes]) -> OrderState | None:
@@ -185,7 +186,7 @@ class HistoryRebuilder:
         try:
             consumer.assign([TopicPartition(self._topic, job.partition, OFFSET_BEGINNING)])
             states: dict[str, Stored] = {}
-            rows: list[HistoryRow] = []
+            rows = HistoryBatch()
             last_log = time.monotonic()
             while progress.reached < progress.target:
                 if self._is_cancelled(job.partition):
@@ -211,11 +212,11 @@ class HistoryRebuilder:
                     folded = fold_record(message.key(), value, timestamp, offset, states.get)
                     if folded.stored is not None:
                         states[folded.stored.state.id] = folded.stored
-                        rows.extend(record_rows(folded, offset, timestamp, value))
+                        add_record(rows, folded, offset, timestamp, value)
                     progress.reached = offset + 1
                 if rows:
                     writer.add(rows)
-                    rows = []
+                    rows = HistoryBatch()
                 if at_end:
                     # The records below the target that retention deleted are gone for
                     # good: the history starts with the oldest one the log still has.

@@ -35,11 +35,11 @@ from es_orders.runtime.assignment import Assignment
 from es_orders.runtime.cache import StateCache
 from es_orders.runtime.checkpoint import checkpoint
 from es_orders.runtime.clients import Counters, MaterializerConfig, open_clients
-from es_orders.runtime.history import HistoryRebuilder, upcast_rows
+from es_orders.runtime.history import HistoryRebuilder, add_upcast
 from es_orders.runtime.partition import AssignedPartition, Phase
 from es_orders.runtime.replication import ReplicationError, Replicator
 from es_orders.runtime.status import PartitionStatus, WorkerStatus
-from es_orders.runtime.store import HistoryRow
+from es_orders.runtime.store import HISTORY_ITEM, HistoryBatch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _Batch:
         self.at_end: list[int] = []
         self.dead: list[tuple[Message, str]] = []
         # The events each partition's orders were changed by, when history is kept.
-        self.history: dict[int, list[HistoryRow]] = {}
+        self.history: dict[int, HistoryBatch] = {}
 
     @property
     def changed_states(self) -> int:
@@ -415,7 +415,10 @@ class Materializer:
         number, part = -1, None
         observe = self._observer.folded if self._observer is not None else None
         keep_history = self.config.history
-        history: list[HistoryRow] | None = None
+        history: HistoryBatch | None = None
+        items: dict[str, list[bytes]] = {}
+        firsts: dict[str, int] = {}
+        lasts: dict[str, int] = {}
         for message in records:
             error = message.error()
             if error is not None:
@@ -429,7 +432,8 @@ class Materializer:
                 stored_of, states = part.stored_of, part.states
                 batch_changes = changed.setdefault(number, {})
                 if keep_history:
-                    history = batch.history.setdefault(number, [])
+                    history = batch.history.setdefault(number, HistoryBatch())
+                    items, firsts, lasts = history.items, history.first, history.last
             last[number] = offset
             consumed += 1
             kind, timestamp = message.timestamp()
@@ -460,10 +464,19 @@ class Materializer:
                 batch_changes[order_id] = stored
                 if history is not None:
                     event = folded.event
-                    if event is not None:
-                        history.append((order_id, event.version, offset, timestamp, value))
+                    if event is None:  # a legacy record: the events it was upcast into
+                        add_upcast(history, folded, offset, timestamp)
+                        continue
+                    # HistoryBatch.add, inlined: a call per event costs the fold more.
+                    version = event.version
+                    item = HISTORY_ITEM % (version, offset, timestamp, value)
+                    kept = items.get(order_id)
+                    if kept is None:
+                        items[order_id] = [item]
+                        firsts[order_id] = version
                     else:
-                        history.extend(upcast_rows(folded, offset, timestamp))
+                        kept.append(item)
+                    lasts[order_id] = version
         if consumed and not counters.first_record_at:
             counters.first_record_at = started
         batch.records += len(records)
