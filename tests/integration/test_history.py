@@ -156,15 +156,12 @@ def _history_complete(running: RunningMaterializer) -> bool:
     return bool(parts) and all(p.history == "complete" for p in parts)
 
 
-def test_history_requests_wait_for_the_rebuild_after_a_restore(
-    kafka_config: dict[str, Any], topic_prefix: str, tmp_path: Path
-) -> None:
-    """A long history (200,000 events of 20 orders on one partition): once the changelog
-    is restored the latest states are served at once, the history only after its rebuild."""
-    topics = create_topics(kafka_config, topic_prefix, partitions=1)
+def typed_events(count: int, orders: int, first: int = 0) -> list[VectorRecord]:
+    """``count`` typed events over ``orders`` orders, from the ``first``-th event on: each
+    order created first, then priced again and again."""
     records = []
-    for n in range(200_000):
-        order_id, version = f"o{n % 20}", n // 20 + 1
+    for n in range(first, first + count):
+        order_id, version = f"o{n % orders}", n // orders + 1
         body: dict[str, Any] = {
             "event_id": f"e{n}",
             "order_id": order_id,
@@ -181,6 +178,48 @@ def test_history_requests_wait_for_the_rebuild_after_a_restore(
         records.append(
             VectorRecord(order_id.encode(), json.dumps(body).encode(), {}, 1_764_504_000_000 + n)
         )
+    return records
+
+
+def test_a_hole_after_what_the_history_holds_is_rebuilt_from_there(
+    kafka_config: dict[str, Any], topic_prefix: str, tmp_path: Path
+) -> None:
+    """An instance that comes back to a partition another folded meanwhile: its history
+    lacks only what the other folded, and only that is rebuilt, from where it stopped."""
+    topics = create_topics(kafka_config, topic_prefix, partitions=1)
+    config = dataclasses.replace(
+        materializer_config(kafka_config, topics, tmp_path / "a", f"{topic_prefix}-g"),
+        partitions=1,
+        history=True,
+    )
+    first = typed_events(2_000, 50)
+    produce(kafka_config, topics["events"], first)
+    with RunningMaterializer(config) as running:
+        running.wait_until(lambda: running.materializer.counters.consumed == len(first))
+    produce(kafka_config, topics["events"], typed_events(2_000, 50, first=len(first)))
+    other = dataclasses.replace(config, state_dir=tmp_path / "b")
+    with RunningMaterializer(other) as running:
+        running.wait_until(lambda: running.materializer.counters.consumed == 2_000)
+
+    logs = fold_log(read_all(kafka_config, topics["events"], partitions=1))
+    with RunningMaterializer(config) as running:
+        running.wait_until(lambda: running.view.readiness().ready)
+        assert running.materializer.counters.consumed == 0  # the group was past it all
+        running.wait_until(lambda: _history_complete(running))
+        assignment = running.materializer._assignment
+        assert assignment is not None
+        rebuild = assignment.partitions[0].rebuild
+        assert rebuild is not None and (rebuild.start, rebuild.target) == (2_000, 4_000)
+        assert_history_is_the_log(running.view, logs)
+
+
+def test_history_requests_wait_for_the_rebuild_after_a_restore(
+    kafka_config: dict[str, Any], topic_prefix: str, tmp_path: Path
+) -> None:
+    """A long history (200,000 events of 20 orders on one partition): once the changelog
+    is restored the latest states are served at once, the history only after its rebuild."""
+    topics = create_topics(kafka_config, topic_prefix, partitions=1)
+    records = typed_events(200_000, 20)
     produce(kafka_config, topics["events"], records)
     config = dataclasses.replace(
         materializer_config(kafka_config, topics, tmp_path / "state", f"{topic_prefix}-g"),

@@ -31,6 +31,7 @@ from es_orders.runtime.restore import (
     RestoreCancelledError,
     restore_partitions,
 )
+from es_orders.runtime.store import HistoryMarks
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Assignment:
             if self._config.history:
                 self._keep_history(part, local, start)
             else:
-                part.store.set_history_from(None)  # what it kept has a hole from now on
+                part.store.set_history_marks(None)  # what it kept has holes from now on
             part.phase = Phase.CATCHING_UP
             log.info(
                 "partition ready to fold partition=%d from_offset=%s orders=%d",
@@ -115,21 +116,32 @@ class Assignment:
         self._changed(True)
 
     def _keep_history(self, part: AssignedPartition, local: int | None, start: int) -> None:
-        """Mark from which offset the partition's history will be complete, and rebuild
-        what lies below it. The fold writes the history of every record from ``start`` on,
-        except of those a restored row is already past (they count as replays): so the
-        history will be complete from past both, and from before if it was complete up to
-        there (``history_from`` to ``local``)."""
-        marker = part.store.history_from()
-        complete_from = max(start, part.restored_newest + 1, 0)
-        folded_to = local if local is not None else marker
-        if marker is None or folded_to is None or complete_from > folded_to:
-            marker = complete_from
-            part.store.set_history_from(marker)
+        """Record what the partition's history will hold, and rebuild what it lacks.
+
+        The fold keeps the events of every record from ``start`` on, except of those a
+        restored row is already past (they count as replays): so every event from past
+        both on. The history already held every event up to its ``prefix``: a hole
+        between the two (a restore from the changelog, a crash between the changelog and
+        the store, another instance folding meanwhile) is rebuilt from the events topic,
+        from the end of that prefix, not from the start.
+        """
+        store = part.store
+        marks = store.history_marks()
+        since = max(start, part.restored_newest + 1, 0)
+        if marks is None:
+            # Never kept, or not while history was off: whatever is left has holes.
+            marks = HistoryMarks(rebuilt=0, since=since)
+            store.set_history_marks(marks, clear=True)
+        else:
+            prefix = marks.rebuilt
+            if marks.complete:
+                prefix = max(prefix, marks.since if local is None else local)
+            marks = HistoryMarks(rebuilt=min(prefix, since), since=since)
+            store.set_history_marks(marks)
         part.history = True
-        if marker > 0 and self._rebuilder is not None:
+        if not marks.complete and self._rebuilder is not None:
             part.rebuild = self._rebuilder.rebuild(
-                part.number, part.path, part.store.generation, marker
+                part.number, part.path, store.generation, marks.rebuilt, marks.since
             )
 
     def _check_origin(self, part: AssignedPartition, origin: dict[str, str]) -> None:

@@ -69,6 +69,20 @@ def add_record(
         add_upcast(history, folded, offset, timestamp)
 
 
+def _stored_before(writer: HistoryWriter, order_id: str, offset: int) -> Stored | None:
+    """The order's state from its kept events below ``offset``, with the last one's."""
+    if offset <= 0:
+        return None
+    state: OrderState | None = None
+    last = -1
+    for _, kept_offset, _, event in writer.events(order_id):
+        if kept_offset >= offset:
+            break
+        state = evolve(state, decode_kept_event(event)).state
+        last = kept_offset
+    return None if state is None else Stored(state, last)
+
+
 def state_of(events: list[bytes]) -> OrderState | None:
     """The state the history's events fold into (the events it holds applied, in order)."""
     state: OrderState | None = None
@@ -81,6 +95,7 @@ def state_of(events: list[bytes]) -> OrderState | None:
 class RebuildProgress:
     """How far a partition's history rebuild got; read by the fold thread for its status."""
 
+    start: int  # the offset the rebuild starts from (the history holds all before it)
     target: int  # the offset below which history is rebuilt
     reached: int = 0  # next offset of the events partition to fold
     started: float = 0.0  # time.monotonic()
@@ -109,8 +124,12 @@ class HistoryRebuilder:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def rebuild(self, partition: int, path: Path, generation: int, target: int) -> RebuildProgress:
-        progress = RebuildProgress(target=target)
+    def rebuild(
+        self, partition: int, path: Path, generation: int, start: int, target: int
+    ) -> RebuildProgress:
+        """Rebuild the history of the partition's events from ``start`` to below
+        ``target`` (the history holds every event before ``start``)."""
+        progress = RebuildProgress(start=start, target=target, reached=start)
         with self._lock:
             self._cancelled.discard(partition)
             if self._thread is None:
@@ -120,8 +139,9 @@ class HistoryRebuilder:
                 self._thread.start()
         self._jobs.put(_Job(partition, path, generation, progress))
         log.info(
-            "history of partition %d to be rebuilt below offset %d path=%s",
+            "history of partition %d to be rebuilt from offset %d to %d path=%s",
             partition,
+            start,
             target,
             path,
         )
@@ -184,8 +204,17 @@ class HistoryRebuilder:
         progress.started = time.monotonic()
         writer = HistoryWriter(job.path, job.generation)
         try:
-            consumer.assign([TopicPartition(self._topic, job.partition, OFFSET_BEGINNING)])
-            states: dict[str, Stored] = {}
+            first = progress.start if progress.start > 0 else OFFSET_BEGINNING
+            consumer.assign([TopicPartition(self._topic, job.partition, first)])
+            states: dict[str, Stored | None] = {}
+
+            def stored_of(order_id: str) -> Stored | None:
+                # From after the start of the partition, an order's state before the
+                # first of its records the rebuild meets is the fold of its history.
+                if order_id not in states:
+                    states[order_id] = _stored_before(writer, order_id, progress.start)
+                return states[order_id]
+
             rows = HistoryBatch()
             last_log = time.monotonic()
             while progress.reached < progress.target:
@@ -209,18 +238,17 @@ class HistoryRebuilder:
                     if not kind:
                         timestamp = int(time.time() * 1000)
                     value = message.value()
-                    folded = fold_record(message.key(), value, timestamp, offset, states.get)
+                    folded = fold_record(message.key(), value, timestamp, offset, stored_of)
                     if folded.stored is not None:
                         states[folded.stored.state.id] = folded.stored
                         add_record(rows, folded, offset, timestamp, value)
                     progress.reached = offset + 1
-                if rows:
-                    writer.add(rows)
-                    rows = HistoryBatch()
                 if at_end:
                     # The records below the target that retention deleted are gone for
                     # good: the history starts with the oldest one the log still has.
                     progress.reached = progress.target
+                writer.add(rows, progress.reached)
+                rows = HistoryBatch()
                 if time.monotonic() - last_log > 5:
                     log.info(
                         "rebuilding history partition=%d offset=%d of %d",
@@ -229,13 +257,14 @@ class HistoryRebuilder:
                         progress.target,
                     )
                     last_log = time.monotonic()
-            if writer.complete(progress.target):
-                progress.done = True
-                log.info(
-                    "history of partition %d rebuilt orders=%d seconds=%.2f",
-                    job.partition,
-                    len(states),
-                    time.monotonic() - progress.started,
-                )
+            progress.done = True
+            log.info(
+                "history of partition %d rebuilt from offset %d to %d orders=%d seconds=%.2f",
+                job.partition,
+                progress.start,
+                progress.target,
+                len(states),
+                time.monotonic() - progress.started,
+            )
         finally:
             writer.close()

@@ -10,11 +10,12 @@ the old checkpoint or the new one.
 
 ``history`` keeps every event applied to each order (its wire JSON, partition offset and
 record timestamp), written by the same checkpoint transaction as the states: one row per
-order and batch, its events packed together (``HistoryBatch``). Its meta
-``history_from`` is the offset of the events partition from which it is complete: 0 when
-complete from the start; a larger one after a restore from the changelog (which holds
-states, not events), until the history below it is rebuilt from the events topic
-(``runtime.history``); absent while history is off.
+order and batch, its events packed together (``HistoryBatch``). Two marks in ``meta``
+say what it holds (``HistoryMarks``): every event below ``history_rebuilt`` and every
+event from ``history_from`` on (up to the consumed position). After a restore from the
+changelog (which holds states, not events) the first is behind the second until the
+history between them is rebuilt from the events topic (``runtime.history``); absent
+while history is off.
 """
 
 from __future__ import annotations
@@ -84,6 +85,29 @@ SELECT id, state, source_offset FROM orders WHERE id IN (SELECT value FROM json_
 CONSUMED = "consumed"
 CHANGELOG = "changelog"
 HISTORY_FROM = "history_from"
+HISTORY_REBUILT = "history_rebuilt"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryMarks:
+    """What a store's history holds: every event below ``rebuilt`` and from ``since`` on."""
+
+    rebuilt: int
+    since: int
+
+    @property
+    def complete(self) -> bool:
+        return self.rebuilt >= self.since
+
+
+def _marks(rows: list[Any]) -> HistoryMarks | None:
+    meta = dict(rows)
+    if HISTORY_FROM not in meta:
+        return None
+    return HistoryMarks(int(meta.get(HISTORY_REBUILT, 0)), int(meta[HISTORY_FROM]))
+
+
+_SELECT_MARKS = "SELECT key, value FROM meta WHERE key IN (?, ?)"
 # A random number drawn when the file is created. A reader is told which generation the
 # worker folding the partition holds open and reads no other: a file deleted and created
 # again (``AssignedPartition.wipe``) is never mistaken for the one it replaced.
@@ -207,17 +231,21 @@ class PartitionStore:
             if changelog_next is not None:
                 db.execute(_SET_META, (CHANGELOG, changelog_next))
 
-    def history_from(self) -> int | None:
-        """The offset from which the history is complete; None: no history kept."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (HISTORY_FROM,)).fetchone()
-        return None if row is None else int(row[0])
+    def history_marks(self) -> HistoryMarks | None:
+        """What the history holds; None: no history kept (or not since history was off)."""
+        return _marks(self._db.execute(_SELECT_MARKS, (HISTORY_FROM, HISTORY_REBUILT)).fetchall())
 
-    def set_history_from(self, offset: int | None) -> None:
+    def set_history_marks(self, marks: HistoryMarks | None, *, clear: bool = False) -> None:
+        """Record what the history holds (None: stop keeping it); ``clear``: first drop
+        every event kept (a history with holes that is started afresh)."""
         with self._transaction() as db:
-            if offset is None:
-                db.execute("DELETE FROM meta WHERE key = ?", (HISTORY_FROM,))
+            if clear:
+                db.execute("DELETE FROM history")
+            if marks is None:
+                db.execute("DELETE FROM meta WHERE key IN (?, ?)", (HISTORY_FROM, HISTORY_REBUILT))
             else:
-                db.execute(_SET_META, (HISTORY_FROM, offset))
+                db.execute(_SET_META, (HISTORY_FROM, marks.since))
+                db.execute(_SET_META, (HISTORY_REBUILT, marks.rebuilt))
 
     def close(self) -> None:
         self._db.close()
@@ -242,20 +270,20 @@ class HistoryWriter:
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return _write(self._db, self.path)
 
-    def add(self, history: HistoryBatch) -> None:
+    def add(self, history: HistoryBatch, rebuilt: int) -> None:
+        """Keep a rebuilt batch's events, and that every event below ``rebuilt`` is kept
+        now (in one transaction: a rebuild stopped anywhere resumes from there)."""
         packed = history.packed()
         with self._transaction() as db:
             db.executemany(_INSERT_HISTORY, packed)
+            db.execute(
+                "UPDATE meta SET value = max(value, ?) WHERE key = ?", (rebuilt, HISTORY_REBUILT)
+            )
 
-    def complete(self, below: int) -> bool:
-        """Mark the history complete, if it still lacked only what is ``below`` that offset
-        (False: the fold marked another gap meanwhile, or history was turned off)."""
-        with self._transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?", (HISTORY_FROM,)).fetchone()
-            done = row is not None and int(row[0]) == below
-            if done:
-                db.execute(_SET_META, (HISTORY_FROM, 0))
-        return done
+    def events(self, order_id: str) -> Iterator[KeptEvent]:
+        """The order's events kept so far, in version order (to fold the state a rebuild
+        resumes from)."""
+        return _each_version(self._db.execute(_SELECT_HISTORY, (order_id, 0)).fetchall(), 0)
 
     def close(self) -> None:
         self._db.close()
@@ -321,19 +349,13 @@ class StoreReader:
         )
         return [(order_id, bytes(state)) for order_id, state in rows]
 
-    def history_from(self) -> int | None:
-        """The offset from which the history is complete; None: no history kept."""
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (HISTORY_FROM,))
-        return int(rows[0][0]) if rows else None
+    def history_marks(self) -> HistoryMarks | None:
+        """What the history holds; None: no history kept."""
+        return _marks(self._query(_SELECT_MARKS, (HISTORY_FROM, HISTORY_REBUILT)))
 
     def _kept(self, order_id: str, after_version: int) -> Iterator[KeptEvent]:
         """The order's events after ``after_version`` in version order, each once."""
-        last = after_version
-        for (blob,) in self._query(_SELECT_HISTORY, (order_id, after_version)):
-            for event in _unpack(blob):
-                if event[0] > last:
-                    last = event[0]
-                    yield event
+        return _each_version(self._query(_SELECT_HISTORY, (order_id, after_version)), after_version)
 
     def events(self, order_id: str, after_version: int, limit: int) -> list[KeptEvent]:
         """Up to ``limit`` of the order's events after ``after_version``, in version order:
@@ -406,6 +428,17 @@ class HistoryBatch:
             packed.append((order_id, first[order_id], last[order_id], blob))
         packed.sort()  # in index order: its B-tree is written page by page
         return packed
+
+
+def _each_version(packs: list[Any], after_version: int) -> Iterator[KeptEvent]:
+    """The events of ``packs`` (in first-version order) after ``after_version``, each
+    version once: a rebuild and the fold may both have kept an event, in other packs."""
+    last = after_version
+    for (blob,) in packs:
+        for event in _unpack(blob):
+            if event[0] > last:
+                last = event[0]
+                yield event
 
 
 def _unpack(blob: bytes) -> list[KeptEvent]:

@@ -75,10 +75,10 @@ class MaterializedView:
             if self._read(candidate, reader, order_id) is None:
                 continue
             try:
-                complete_from = reader.history_from()
+                marks = reader.history_marks()
             except StoreGoneError as exc:
                 raise PartitionNotHeldError(candidate) from exc
-            if complete_from != 0:
+            if marks is None or not marks.complete:
                 raise HistoryRebuildingError(candidate)
             return candidate, reader
         return None
