@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import msgspec
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -165,7 +166,17 @@ def test_the_fold_figures_follow_the_workers_statuses(tmp_path: Path, view: InMe
     board = StatusBoard(tmp_path, "group", "events", 1)
     board.started(0, 100)
     folding = PartitionStatus(
-        0, "caught-up", 1, 0.0, restored_records=7, restore_seconds=0.5, consumed=90, end=100
+        0,
+        "caught-up",
+        1,
+        0.0,
+        restored_records=7,
+        restore_seconds=0.5,
+        consumed=90,
+        end=100,
+        history="rebuilding",
+        history_rebuilt=25,
+        history_target=80,
     )
     restoring = PartitionStatus(1, "restoring", 1, 0.0, restored_records=3)
     counters = Counters(
@@ -205,11 +216,17 @@ def test_the_fold_figures_follow_the_workers_statuses(tmp_path: Path, view: InMe
         restore_seconds = "es_orders_partition_restore_duration_seconds"
         assert value(first, restore_seconds, partition="0") == 0.5
         assert value(first, restore_seconds, partition="1") is None
+        rebuild = "es_orders_partition_history_rebuild_records"
+        assert value(first, rebuild, partition="0") == 55
+        assert value(first, rebuild, partition="1") is None  # keeps no history
 
         # The worker folds on, then its process dies and a new one starts from zero: the
         # totals carry on from where they were, never back.
-        board.update(_worker(Counters(consumed=150, batches=6), folding))
-        assert value(scrape(client), "es_orders_events_folded_total") == 150
+        rebuilt = msgspec.structs.replace(folding, history="complete", history_rebuilt=80)
+        board.update(_worker(Counters(consumed=150, batches=6), rebuilt))
+        again = scrape(client)
+        assert value(again, "es_orders_events_folded_total") == 150
+        assert value(again, rebuild, partition="0") == 0
         board.exited(0)
         board.started(0, 101)
         board.update(_worker(Counters(consumed=5), folding, pid=101))

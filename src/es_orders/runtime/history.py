@@ -27,7 +27,7 @@ from es_orders.domain import OrderState, evolve
 from es_orders.errors import EsOrdersError
 from es_orders.kafka.records import position_of
 from es_orders.projection import RecordFolded, Stored, fold_record
-from es_orders.runtime.store import HistoryBatch, HistoryWriter
+from es_orders.runtime.store import HistoryBatch, HistoryWriter, StoreGoneError
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,8 @@ class _Job:
 
 
 class HistoryRebuilder:
-    """Rebuilds, one partition at a time, the history below each partition's
-    ``history_from``, on a thread of its own until ``close``."""
+    """Rebuilds, one partition at a time, what each partition's history lacks (see
+    ``Assignment._keep_history``), on a thread of its own until ``close``."""
 
     def __init__(self, topic: str, kafka: dict[str, Any]) -> None:
         # No callback to the fold thread: its status is sent from that thread alone (at
@@ -181,6 +181,9 @@ class HistoryRebuilder:
                     return
                 try:
                     self._rebuild(consumer, job)
+                except StoreGoneError as exc:
+                    # Its file was replaced (a new generation, with a rebuild of its own).
+                    log.info("history rebuild of partition %d dropped: %s", job.partition, exc)
                 except Exception:
                     # Its partition stays "rebuilding" (history requests 503) and is tried
                     # again: a broker away for a while is no reason to give up for good.

@@ -110,8 +110,19 @@ def _partitions(snapshot: Snapshot) -> Iterator[Metric]:
         "How long the partition's restore took; absent until it has finished.",
         labels=["partition"],
     )
+    history_left = GaugeMetricFamily(
+        "es_orders_partition_history_rebuild_records",
+        "Records of the events topic the partition's history rebuild has still to fold (0 "
+        "once its history is complete); absent while no history is kept.",
+        labels=["partition"],
+    )
     for number, part in sorted(snapshot.held.items()):
         label = str(number)
+        if part.history is not None:
+            left = 0
+            if part.history == "rebuilding" and part.history_target is not None:
+                left = max(part.history_target - (part.history_rebuilt or 0), 0)
+            history_left.add_metric([label], left)
         if part.consumed is not None and part.end is not None:
             lag.add_metric([label], max(part.end - part.consumed, 0))
         for each in Phase:
@@ -119,4 +130,4 @@ def _partitions(snapshot: Snapshot) -> Iterator[Metric]:
         restored.add_metric([label], part.restored_records)
         if part.restore_seconds is not None:
             restore_seconds.add_metric([label], part.restore_seconds)
-    yield from (lag, phase, restored, restore_seconds)
+    yield from (lag, phase, restored, restore_seconds, history_left)
