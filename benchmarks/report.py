@@ -178,6 +178,11 @@ def _fold_figures(options: BenchOptions) -> Iterator[Figure]:
             at_least=ratio_goal,
         )
         yield Figure(f"{one}.worker_0.peak_rss_mib", "  peak RSS, 1 worker", "MiB")
+        yield Figure(
+            f"{one}.history_off.worker_0.peak_rss_mib",
+            "  peak RSS, 1 worker, ES_ORDERS_HISTORY=off",
+            "MiB",
+        )
         for index in range(workers):
             label = f"  peak RSS, {workers} workers: worker {index}"
             yield Figure(f"{many}.worker_{index}.peak_rss_mib", label, "MiB")
