@@ -35,19 +35,27 @@ class MaterializedView:
         do. Instances of a cluster each answer for their partitions only, so a miss there
         is "does not exist". An instance that serves every partition also looks in the
         others, for ids a producer placed by another hash."""
+        found = self._locate(order_id)
+        return None if found is None else found[2]
+
+    def _locate(self, order_id: str) -> tuple[int, StoreReader, bytes] | None:
+        """The partition whose store has the order, its reader, and the order's state
+        (as ``get`` describes); None if the order does not exist."""
         readable = self._board.snapshot.readable
         number = partition_for(order_id.encode(), self._partitions)
         reader = readable.get(number)
         if reader is None:
             raise PartitionNotHeldError(number)
         state = self._read(number, reader, order_id)
-        if state is not None or len(readable) < self._partitions:
-            return state
+        if state is not None:
+            return number, reader, state
+        if len(readable) < self._partitions:
+            return None
         for other, reader in readable.items():
             if other != number:
                 state = self._read(other, reader, order_id)
                 if state is not None:
-                    return state
+                    return other, reader, state
         return None
 
     @staticmethod
@@ -63,25 +71,17 @@ class MaterializedView:
         history complete; None if the order does not exist."""
         if not self._history:
             raise HistoryOffError("this query service keeps no history (ES_ORDERS_HISTORY=off)")
-        readable = self._board.snapshot.readable
-        number = partition_for(order_id.encode(), self._partitions)
-        candidates = [number]
-        if len(readable) == self._partitions:
-            candidates += [n for n in sorted(readable) if n != number]
-        for candidate in candidates:
-            reader = readable.get(candidate)
-            if reader is None:
-                raise PartitionNotHeldError(candidate)
-            if self._read(candidate, reader, order_id) is None:
-                continue
-            try:
-                marks = reader.history_marks()
-            except StoreGoneError as exc:
-                raise PartitionNotHeldError(candidate) from exc
-            if marks is None or not marks.complete:
-                raise HistoryRebuildingError(candidate)
-            return candidate, reader
-        return None
+        found = self._locate(order_id)
+        if found is None:
+            return None
+        number, reader, _ = found
+        try:
+            marks = reader.history_marks()
+        except StoreGoneError as exc:
+            raise PartitionNotHeldError(number) from exc
+        if marks is None or not marks.complete:
+            raise HistoryRebuildingError(number)
+        return number, reader
 
     def events(
         self, order_id: str, after_version: int, limit: int
