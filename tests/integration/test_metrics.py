@@ -10,27 +10,22 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from es_orders.kafka.partitioner import partition_for
 from tests.integration.service_support import Service
+from tests.metrics_text import Samples, samples_of
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 3
 ORDER = {"user_id": "u1", "product_id": "57", "quantity": 2, "price": 1299}
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(service: Service) -> Samples:
     response = service.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return samples_of(response.text)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

@@ -26,6 +26,7 @@ from es_orders.query.routing import Cluster
 from es_orders.runtime.clients import Counters
 from es_orders.runtime.metrics import FoldCollector
 from es_orders.runtime.status import PartitionStatus, StatusBoard, WorkerStatus
+from tests.metrics_text import Samples, samples_of
 from tests.unit.command_support import (
     ORDER,
     PARTITIONS,
@@ -36,7 +37,6 @@ from tests.unit.command_support import (
 )
 from tests.unit.query_support import InMemoryView, fill
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DURATION_COUNT = "es_orders_http_request_duration_seconds_count"
 COMMANDS = "es_orders_commands_total"
 FORWARDED = "es_orders_forwarded_requests_total"
@@ -47,11 +47,7 @@ def scrape(client: TestClient) -> Samples:
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return samples_of(response.text)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float | None:
